@@ -1,0 +1,124 @@
+"""IQLBuilder: offline-to-online IQL as an Acme `ActorLearnerBuilder`.
+
+Works with Acme 0.4.0's own `DistributedLayout` / `LocalLayout` and with the
+project's Launchpad program (`iql_acme/program.py`).
+"""
+
+from typing import Callable, Iterator, List, Optional, Tuple
+
+from acme import adders
+from acme import core
+from acme import specs
+from acme.adders import reverb as adders_reverb
+from acme.agents.jax import builders
+from acme.datasets import reverb as datasets
+from acme.jax import networks as networks_lib
+from acme.utils import counting
+from acme.utils import loggers
+import reverb
+from reverb import rate_limiters
+
+from iql_acme import actors
+from iql_acme import compat
+from iql_acme import learning
+from iql_acme.config import IQLConfig
+from iql_acme.networks import IQLNetworks
+from iql_acme.types import RewardTransform, Transitions
+
+compat.patch_reverb_client()
+
+# Loads the offline dataset inside the learner's process (so the arrays are
+# never pickled into every Launchpad node); must be picklable.
+OfflineDatasetFn = Callable[[], Tuple[Transitions, RewardTransform]]
+
+
+def samples_per_insert(config: IQLConfig) -> float:
+  """Each update samples one replay batch; one insert is one env step."""
+  return config.batch_size * config.updates_per_env_step
+
+
+def make_rate_limiter(config: IQLConfig) -> rate_limiters.RateLimiter:
+  """Paces updates to environment steps at config.updates_per_env_step.
+
+  Reverb blocks whichever side runs more than `rate_limit_tolerance_steps`
+  updates ahead of the other. The buffer must hold at least the samples in
+  flight (one batch being consumed plus the dataset's in-flight batch).
+  """
+  spi = samples_per_insert(config)
+  tolerance = max(config.rate_limit_tolerance_steps, 4) * config.batch_size
+  return rate_limiters.SampleToInsertRatio(
+      samples_per_insert=spi, min_size_to_sample=config.min_replay_size,
+      error_buffer=max(tolerance, 2 * spi))
+
+
+class IQLBuilder(builders.ActorLearnerBuilder):
+  """Builds IQL's replay table, adder, dataset iterator, actors and learner."""
+
+  def __init__(self,
+               config: IQLConfig,
+               offline_dataset_fn: OfflineDatasetFn,
+               logger_fn: Callable[[], Optional[loggers.Logger]] = lambda: None):
+    self._config = config
+    self._offline_dataset_fn = offline_dataset_fn
+    self._logger_fn = logger_fn
+
+  @property
+  def config(self) -> IQLConfig:
+    return self._config
+
+  def make_replay_tables(
+      self, environment_spec: specs.EnvironmentSpec) -> List[reverb.Table]:
+    return [reverb.Table(
+        name=self._config.replay_table_name,
+        sampler=reverb.selectors.Uniform(),
+        remover=reverb.selectors.Fifo(),
+        max_size=self._config.max_replay_size,
+        rate_limiter=make_rate_limiter(self._config),
+        signature=adders_reverb.NStepTransitionAdder.signature(
+            environment_spec))]
+
+  def make_dataset_iterator(
+      self, replay_client: reverb.Client) -> Iterator[reverb.ReplaySample]:
+    # One worker and one batch in flight keep the pacing tight: every update
+    # consumes exactly batch_size samples granted by the rate limiter.
+    dataset = datasets.make_reverb_dataset(
+        table=self._config.replay_table_name,
+        server_address=replay_client.server_address,
+        batch_size=self._config.batch_size,
+        prefetch_size=self._config.prefetch_size,
+        num_parallel_calls=1,
+        max_in_flight_samples_per_worker=self._config.batch_size)
+    return dataset.as_numpy_iterator()
+
+  def make_adder(self, replay_client: reverb.Client) -> Optional[adders.Adder]:
+    # n_step=1: the stored discount is the environment's (0 at a terminal, 1
+    # at a time-limit cut), i.e. the mask of eq. (6), as for offline data.
+    return adders_reverb.NStepTransitionAdder(
+        priority_fns={self._config.replay_table_name: None},
+        client=replay_client, n_step=1, discount=self._config.discount)
+
+  def make_actor(self,
+                 random_key: networks_lib.PRNGKey,
+                 policy_network,
+                 adder: Optional[adders.Adder] = None,
+                 variable_source: Optional[core.VariableSource] = None
+                 ) -> core.Actor:
+    if variable_source is None:
+      raise ValueError('IQLBuilder.make_actor needs a variable_source (the '
+                       'learner) to fetch policy parameters from')
+    return actors.make_actor(self._config, policy_network, random_key,
+                             variable_source, adder)
+
+  def make_learner(self,
+                   random_key: networks_lib.PRNGKey,
+                   networks: IQLNetworks,
+                   dataset: Iterator[reverb.ReplaySample],
+                   replay_client: Optional[reverb.Client] = None,
+                   counter: Optional[counting.Counter] = None
+                   ) -> learning.IQLLearner:
+    offline_data, reward_transform = self._offline_dataset_fn()
+    return learning.IQLLearner(
+        networks=networks, config=self._config, random_key=random_key,
+        offline_data=offline_data, replay_iterator=dataset,
+        reward_transform=reward_transform, counter=counter,
+        logger=self._logger_fn())

@@ -1,0 +1,67 @@
+"""IQL hyperparameters: one dataclass, plus the paper's presets by domain."""
+
+import dataclasses
+from typing import Optional, Sequence
+
+
+@dataclasses.dataclass
+class IQLConfig:
+  """Every IQL hyperparameter; defaults are the paper's shared settings (app. B)."""
+  # IQL losses (eqs. 5-7).
+  expectile: float = 0.7            # tau
+  temperature: float = 3.0          # beta, inverse temperature of AWR
+  max_weight: float = 100.0         # exp-advantage weights clipped to (-inf, 100]
+  discount: float = 0.99
+  target_update_rate: float = 0.005  # Polyak rate alpha
+  # Networks: 2x256 ReLU MLPs, Gaussian policy with state-independent std.
+  hidden_dims: Sequence[int] = (256, 256)
+  policy_dropout_rate: Optional[float] = None
+  log_std_min: float = -5.0
+  log_std_max: float = 2.0
+  # Optimisation: Adam 3e-4, cosine-decayed actor learning rate.
+  critic_learning_rate: float = 3e-4
+  value_learning_rate: float = 3e-4
+  actor_learning_rate: float = 3e-4
+  actor_cosine_decay: bool = True
+  batch_size: int = 256
+  # Offline phase, sampled on device from the pre-loaded dataset.
+  offline_steps: int = 1_000_000
+  offline_steps_per_call: int = 100  # gradient steps per jitted call (lax.scan)
+  # Online fine-tuning (section 5.3, appendix C).
+  online_steps: int = 1_000_000      # environment steps, summed over actors
+  exploration_noise: float = 0.1     # sigma of Gaussian action noise
+  updates_per_env_step: float = 1.0  # pacing, enforced by Reverb's rate limiter
+  # Fraction of each online-phase batch drawn from replay. None: one pool,
+  # uniform over all offline and online transitions (the paper's code);
+  # a number (e.g. 0.5 as in RLPD) fixes it.
+  online_fraction: Optional[float] = None
+  replay_table_name: str = 'iql_online'
+  max_replay_size: int = 2_000_000
+  min_replay_size: int = 1
+  # How far (in updates) either side may run ahead of the other.
+  rate_limit_tolerance_steps: int = 20
+  prefetch_size: int = 2
+  variable_update_period: int = 100  # actor parameter refresh, in actor steps
+
+
+def _preset(**overrides) -> IQLConfig:
+  return IQLConfig(**overrides)
+
+
+# The paper's settings by domain (appendix B and C).
+PRESETS = {
+    'locomotion': dict(expectile=0.7, temperature=3.0),
+    'antmaze': dict(expectile=0.9, temperature=10.0),
+    'kitchen': dict(expectile=0.7, temperature=0.5, policy_dropout_rate=0.1),
+    'adroit': dict(expectile=0.7, temperature=0.5, policy_dropout_rate=0.1),
+    # Dexterous-hand fine-tuning (pen/door/relocate-binary), appendix C.
+    'hand_finetune': dict(expectile=0.8, temperature=3.0, offline_steps=25_000,
+                          exploration_noise=0.03),
+}
+
+
+def config_for_domain(domain: str, **overrides) -> IQLConfig:
+  """The paper's config for `domain` (a key of PRESETS), with overrides."""
+  if domain not in PRESETS:
+    raise ValueError(f'unknown domain {domain!r}; choose one of {sorted(PRESETS)}')
+  return _preset(**{**PRESETS[domain], **overrides})

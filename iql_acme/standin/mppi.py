@@ -1,0 +1,208 @@
+"""MPPI that plans with the MuJoCo simulator itself, for the Adroit pen task.
+
+The planner rolls out K perturbed copies of its current action plan from the
+environment's exact physics state with `mujoco.rollout` on the environment's
+own `MjModel` (it carries the env's actuator gains and the sampled target
+orientation), scores them with a cost shaped from the pen's orientation and
+position error, and moves the plan to the exponentially weighted mean of the
+samples (Williams et al. 2017). The plan is warm-started by shifting it one
+step after every executed action.
+
+One subtlety matters for the cost: `AdroitHandPenEnv.step` runs `frame_skip`
+`mj_step`s and then reads `xpos`/`site_xpos`, which `mj_step` computed *before*
+its last integration. Reward and observation therefore describe the state one
+substep before the end of the step, and that is the state the planner scores.
+"""
+
+import dataclasses
+from typing import Callable, Optional
+
+import mujoco
+from mujoco import rollout
+import numpy as np
+
+FULL_PHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS
+
+# Success test of the pen task (gymnasium-robotics / mj_envs `goal_achieved`).
+GOAL_DISTANCE = 0.075
+GOAL_ORIENTATION_DOT = 0.95
+# Below this height of the pen's centre it has left the palm (the dense
+# reward's `dropping_pen` test); nothing recovers from there.
+DROP_HEIGHT = 0.075
+
+
+def _quat_to_mat(quat: np.ndarray) -> np.ndarray:
+  mat = np.zeros(9)
+  mujoco.mju_quat2Mat(mat, np.asarray(quat, np.float64))
+  return mat.reshape(3, 3)
+
+
+def _axis_rotations(axis: int, angles: np.ndarray) -> np.ndarray:
+  """Rotation matrices [..., 3, 3] about a coordinate axis."""
+  c, s = np.cos(angles), np.sin(angles)
+  one, zero = np.ones_like(angles), np.zeros_like(angles)
+  if axis == 0:
+    rows = [[one, zero, zero], [zero, c, -s], [zero, s, c]]
+  elif axis == 1:
+    rows = [[c, zero, s], [zero, one, zero], [-s, zero, c]]
+  else:
+    rows = [[c, -s, zero], [s, c, zero], [zero, zero, one]]
+  return np.stack([np.stack(r, axis=-1) for r in rows], axis=-2)
+
+
+class PenGeometry:
+  """Pen pose from its six joints (3 slides, 3 hinges), vectorised over states.
+
+  Mirrors `mj_kinematics` for the `Object` body: slides along the body's
+  initial axes, then hinges about x, y, z composed in joint order. The pen
+  axis is the unit vector from `object_bottom` to `object_top`, as in the env.
+  """
+
+  def __init__(self, model: mujoco.MjModel):
+    body = model.body('Object')
+    self.qpos_start = int(model.jnt_qposadr[model.joint('OBJTx').id])
+    self.body_pos = np.array(body.pos)
+    self.body_rot = _quat_to_mat(body.quat)
+    top = model.site('object_top').pos
+    bottom = model.site('object_bottom').pos
+    axis = np.asarray(top - bottom, np.float64)
+    self.local_axis = axis / np.linalg.norm(axis)
+    # Target pose: read from a scratch MjData so it follows whatever the env
+    # wrote into `model.body_quat` at reset.
+    scratch = mujoco.MjData(model)
+    mujoco.mj_kinematics(model, scratch)
+    target_axis = (scratch.site_xpos[model.site('target_top').id] -
+                   scratch.site_xpos[model.site('target_bottom').id])
+    self.target_axis = target_axis / np.linalg.norm(target_axis)
+    self.goal_pos = scratch.site_xpos[model.site('eps_ball').id].copy()
+
+  def pose(self, qpos: np.ndarray):
+    """Pen centre and unit axis, each [..., 3], from full qpos [..., nq]."""
+    joints = qpos[..., self.qpos_start:self.qpos_start + 6]
+    pos = self.body_pos + joints[..., :3] @ self.body_rot.T
+    rot = (self.body_rot @ _axis_rotations(0, joints[..., 3]) @
+           _axis_rotations(1, joints[..., 4]) @ _axis_rotations(2, joints[..., 5]))
+    return pos, rot @ self.local_axis
+
+
+@dataclasses.dataclass
+class PenCostConfig:
+  """Weights of the pen cost; per step unless said otherwise."""
+  orientation: float = 1.0    # x (1 - cos angle to target axis)
+  position: float = 2.0       # x distance of pen centre to the goal site
+  drop: float = 10.0          # pen centre below DROP_HEIGHT
+  success: float = 1.0        # bonus (subtracted) when goal_achieved holds
+  terminal: float = 5.0       # extra weight of the last planned step
+  discount: float = 1.0
+
+
+def pen_step_cost(pos, axis, target_axis, goal_pos,
+                  config: PenCostConfig) -> np.ndarray:
+  """Per-step cost [...] from pen centre/axis [..., 3]."""
+  distance = np.linalg.norm(pos - goal_pos, axis=-1)
+  alignment = np.sum(axis * target_axis, axis=-1)
+  achieved = (distance < GOAL_DISTANCE) & (alignment > GOAL_ORIENTATION_DOT)
+  return (config.orientation * (1.0 - alignment)
+          + config.position * distance
+          + config.drop * (pos[..., 2] < DROP_HEIGHT)
+          - config.success * achieved)
+
+
+def pen_cost_from_obs(obs: np.ndarray, config: PenCostConfig) -> np.ndarray:
+  """The same per-step cost from pen observations [..., 45] (for reporting).
+
+  obs[24:27] is the pen centre, obs[33:36] its axis, obs[36:39] the target
+  axis and obs[39:42] the pen centre minus the goal position.
+  """
+  pos = obs[..., 24:27]
+  goal_pos = pos - obs[..., 39:42]
+  return pen_step_cost(pos, obs[..., 33:36], obs[..., 36:39], goal_pos, config)
+
+
+class PenTrajectoryCost:
+  """Cost of planned rollouts: states [K, H, nstate] (scored states) -> [K]."""
+
+  def __init__(self, model: mujoco.MjModel, config: PenCostConfig):
+    self.config = config
+    self.geometry = PenGeometry(model)
+    self._qpos = slice(1, 1 + model.nq)  # FULLPHYSICS state: time, qpos, ...
+
+  def __call__(self, states: np.ndarray) -> np.ndarray:
+    pos, axis = self.geometry.pose(states[..., self._qpos])
+    step_costs = pen_step_cost(pos, axis, self.geometry.target_axis,
+                               self.geometry.goal_pos, self.config)
+    horizon = states.shape[1]
+    weights = self.config.discount ** np.arange(horizon)
+    weights[-1] += self.config.terminal
+    return step_costs @ weights
+
+
+@dataclasses.dataclass
+class MPPIConfig:
+  num_samples: int = 64
+  horizon: int = 15           # env steps
+  noise_std: float = 0.15     # in normalised action units ([-1, 1])
+  temperature: float = 0.1    # softmax temperature, in units of the cost std
+  num_threads: int = 2
+
+
+class MPPIPlanner:
+  """Model-predictive path integral control on normalised actions in [-1, 1].
+
+  Args:
+    model: the environment's own `MjModel`.
+    cost_fn: maps scored states [K, H, nstate] to costs [K].
+    act_mean, act_range: the env's map from [-1, 1] to actuator controls.
+    frame_skip: physics substeps per env step.
+  """
+
+  def __init__(self, model: mujoco.MjModel,
+               cost_fn: Callable[[np.ndarray], np.ndarray],
+               act_mean: np.ndarray, act_range: np.ndarray, frame_skip: int,
+               config: MPPIConfig, seed: int = 0):
+    self.model = model
+    self.cost_fn = cost_fn
+    self.act_mean = np.asarray(act_mean)
+    self.act_range = np.asarray(act_range)
+    self.frame_skip = frame_skip
+    self.config = config
+    self._rng = np.random.default_rng(seed)
+    self._datas = [mujoco.MjData(model) for _ in range(config.num_threads)]
+    self._state = np.empty(mujoco.mj_stateSize(model, FULL_PHYSICS))
+    self.plan = np.zeros((config.horizon, model.nu))
+    self.last_costs: Optional[np.ndarray] = None
+
+  def reset(self, plan: Optional[np.ndarray] = None):
+    self.plan = (np.zeros_like(self.plan) if plan is None
+                 else np.array(plan, np.float64))
+
+  def rollout_costs(self, data: mujoco.MjData, plans: np.ndarray) -> np.ndarray:
+    """Costs [K] of open-loop normalised plans [K, H, nu] from `data`'s state."""
+    mujoco.mj_getState(self.model, data, self._state, FULL_PHYSICS)
+    controls = np.repeat(self.act_mean + plans * self.act_range,
+                         self.frame_skip, axis=1)
+    states, _ = rollout.rollout(
+        self.model, self._datas, self._state[None], controls,
+        initial_warmstart=data.qacc_warmstart[None], persistent_pool=True)
+    # Output i is the state after substep i + 1; the env scores the state
+    # after frame_skip - 1 substeps of each step.
+    scored = states[:, self.frame_skip - 2::self.frame_skip]
+    return self.cost_fn(scored)
+
+  def act(self, data: mujoco.MjData) -> np.ndarray:
+    """Improves the plan from `data`'s state; returns its first action."""
+    config = self.config
+    noise = self._rng.normal(
+        0.0, config.noise_std, (config.num_samples,) + self.plan.shape)
+    noise[0] = 0.0  # keep the unperturbed warm start among the samples
+    samples = np.clip(self.plan + noise, -1.0, 1.0)
+    costs = self.rollout_costs(data, samples)
+    scale = config.temperature * max(float(np.std(costs)), 1e-8)
+    weights = np.exp(-(costs - costs.min()) / scale)
+    weights /= weights.sum()
+    self.plan = np.tensordot(weights, samples, axes=1)
+    self.last_costs = costs
+    action = self.plan[0].copy()
+    # Warm start for the next step: shift by one, repeat the last action.
+    self.plan = np.concatenate([self.plan[1:], self.plan[-1:]], axis=0)
+    return action
