@@ -4,7 +4,9 @@ Works with Acme 0.4.0's own `DistributedLayout` / `LocalLayout` and with the
 project's Launchpad program (`iql_acme/program.py`).
 """
 
-from typing import Callable, Iterator, List, Optional, Tuple
+import queue
+import threading
+from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
 
 from acme import adders
 from acme import core
@@ -30,6 +32,54 @@ compat.patch_reverb_client()
 # Loads the offline dataset inside the learner's process (so the arrays are
 # never pickled into every Launchpad node); must be picklable.
 OfflineDatasetFn = Callable[[], Tuple[Transitions, RewardTransform]]
+
+
+# How long the learner waits on replay before checking for a stop request.
+REPLAY_POLL_S = 0.1
+
+
+class InterruptibleIterator:
+  """Pulls from a blocking iterator in a daemon thread.
+
+  Reverb's rate limiter parks the learner inside tf.data's C++ `next()`
+  whenever it is ahead of the actors. Launchpad (and Acme's runners) stop a
+  node by raising SystemExit asynchronously in its thread, which only lands
+  while Python code runs; waiting here in short slices keeps the learner
+  stoppable. At most one batch waits in the queue, so pacing is unaffected.
+  """
+
+  def __init__(self, iterator: Iterator, poll_s: float = REPLAY_POLL_S):
+    self._queue = queue.Queue(maxsize=1)
+    self._poll_s = poll_s
+    thread = threading.Thread(target=self._produce, args=(iterator,),
+                              daemon=True)
+    thread.start()
+
+  def _produce(self, iterator):
+    try:
+      for item in iterator:
+        self._queue.put(item)
+    except Exception as e:  # pylint: disable=broad-except
+      self._queue.put(_Failure(e))
+    self._queue.put(_Failure(StopIteration()))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    while True:
+      try:
+        item = self._queue.get(timeout=self._poll_s)
+      except queue.Empty:
+        continue
+      if isinstance(item, _Failure):
+        self._queue.put(item)  # Keep failing on later calls too.
+        raise item.error
+      return item
+
+
+class _Failure(NamedTuple):
+  error: BaseException
 
 
 def samples_per_insert(config: IQLConfig) -> float:
@@ -88,7 +138,7 @@ class IQLBuilder(builders.ActorLearnerBuilder):
         prefetch_size=self._config.prefetch_size,
         num_parallel_calls=1,
         max_in_flight_samples_per_worker=self._config.batch_size)
-    return dataset.as_numpy_iterator()
+    return InterruptibleIterator(dataset.as_numpy_iterator())
 
   def make_adder(self, replay_client: reverb.Client) -> Optional[adders.Adder]:
     # n_step=1: the stored discount is the environment's (0 at a terminal, 1

@@ -232,7 +232,7 @@ class IQLLearner(acme.Learner):
     self._config = config
     self._reward_transform = reward_transform
     self._replay_iterator = replay_iterator
-    self._counter = counter or counting.Counter()
+    self._counter = counter or counting.Counter(prefix='learner')
     self._logger = logger or loggers.make_default_logger(
         'learner', asynchronous=True, time_delta=10.0, steps_key='learner_steps')
     # The whole offline dataset lives in device memory (GPU when present).
@@ -310,10 +310,10 @@ class IQLLearner(acme.Learner):
     now = time.time()
     elapsed = now - self._timestamp if self._timestamp else 0.0
     self._timestamp = now
-    counts = self._counter.increment(learner_steps=num, learner_time_s=elapsed)
+    counts = self._counter.increment(steps=num, walltime=elapsed)
     metrics = jax.device_get(metrics)
     self._logger.write({**{k: float(v) for k, v in metrics.items()}, **counts,
-                        'phase': phase,
+                        'learner_steps': self._steps, 'phase': phase,
                         'updates_per_s': num / elapsed if elapsed else 0.0})
 
   def get_variables(self, names: List[str]) -> List[np.ndarray]:

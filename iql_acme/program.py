@@ -19,6 +19,7 @@ from absl import logging
 from acme import specs
 from acme.jax import savers
 from acme.utils import counting
+from acme.utils import signals
 import jax
 import launchpad as lp
 import numpy as np
@@ -92,7 +93,7 @@ class LearnerNode:
     networks = networks_lib.make_networks(environment_spec, builder.config)
     self._learner = builder.make_learner(
         random_key, networks, builder.make_dataset_iterator(replay), replay,
-        counting.Counter(counter, time_delta=0.0))
+        counting.Counter(counter, 'learner'))
     self._checkpoint_path = os.path.join(checkpoint_dir(run.workdir), 'learner')
     if os.path.exists(os.path.join(self._checkpoint_path, 'array_nest')):
       self._learner.restore(savers.restore_from_path(self._checkpoint_path))
@@ -129,6 +130,12 @@ class LearnerNode:
     return self.save_checkpoint()
 
   def run(self):
+    # Like Acme's runners: a program stop raises SystemExit in this thread.
+    with signals.runtime_terminator():
+      self._train()
+    lp.wait_for_stop()  # Keep serving variables until the program stops.
+
+  def _train(self):
     last_checkpoint = time.time()
     while not self._stop.is_set():
       was_offline = self._learner.in_offline_phase
@@ -140,9 +147,6 @@ class LearnerNode:
       if time.time() - last_checkpoint > self._run.checkpoint_every_s:
         self.save_checkpoint()
         last_checkpoint = time.time()
-    # Keep serving variables (courier stops when run() returns) until the
-    # evaluator stops the program.
-    lp.wait_for_stop()
 
 
 class ActorNode:
@@ -349,7 +353,7 @@ def make_learner_logger(run: RunConfig):
   return _WithDefaults(
       logs.make_logger(run.workdir, 'learner', run.log_every_s,
                        tensorboard=True, steps_key='learner_steps'),
-      {'online_fraction': 0.0, 'replay_size': 0.0})
+      {'online_fraction': 0.0, 'replay_size': 0.0, 'actor_steps': 0})
 
 
 def make_program(config: IQLConfig, offline_dataset_fn: OfflineDatasetFn,

@@ -14,6 +14,7 @@ its last integration. Reward and observation therefore describe the state one
 substep before the end of the step, and that is the state the planner scores.
 """
 
+import copy
 import dataclasses
 from typing import Callable, Optional
 
@@ -29,6 +30,7 @@ GOAL_ORIENTATION_DOT = 0.95
 # Below this height of the pen's centre it has left the palm (the dense
 # reward's `dropping_pen` test); nothing recovers from there.
 DROP_HEIGHT = 0.075
+_MIN_COST_SCALE = 1e-8  # keeps the softmax finite when all samples tie
 
 
 def _quat_to_mat(quat: np.ndarray) -> np.ndarray:
@@ -119,6 +121,18 @@ def pen_cost_from_obs(obs: np.ndarray, config: PenCostConfig) -> np.ndarray:
   return pen_step_cost(pos, obs[..., 33:36], obs[..., 36:39], goal_pos, config)
 
 
+def pen_dense_reward_from_obs(obs: np.ndarray) -> np.ndarray:
+  """mj_envs' dense pen reward from observations (AWAC's `env_reward`)."""
+  close_bonus, success_bonus, drop_penalty, close_dot = 10.0, 50.0, 5.0, 0.9
+  distance = np.linalg.norm(obs[..., 39:42], axis=-1)
+  alignment = np.sum(obs[..., 33:36] * obs[..., 36:39], axis=-1)
+  near = distance < GOAL_DISTANCE
+  return (-distance + alignment
+          + close_bonus * (near & (alignment > close_dot))
+          + success_bonus * (near & (alignment > GOAL_ORIENTATION_DOT))
+          - drop_penalty * (obs[..., 26] < DROP_HEIGHT))
+
+
 class PenTrajectoryCost:
   """Cost of planned rollouts: states [K, H, nstate] (scored states) -> [K]."""
 
@@ -144,6 +158,10 @@ class MPPIConfig:
   noise_std: float = 0.15     # in normalised action units ([-1, 1])
   temperature: float = 0.1    # softmax temperature, in units of the cost std
   num_threads: int = 2
+  # Physics substeps per env step in the planner's rollouts. Fewer than the
+  # env's frame_skip plans on a copy of the model with a longer timestep:
+  # proportionally cheaper, slightly less faithful.
+  plan_substeps: Optional[int] = None
 
 
 class MPPIPlanner:
@@ -160,6 +178,12 @@ class MPPIPlanner:
                cost_fn: Callable[[np.ndarray], np.ndarray],
                act_mean: np.ndarray, act_range: np.ndarray, frame_skip: int,
                config: MPPIConfig, seed: int = 0):
+    self.plan_substeps = config.plan_substeps or frame_skip
+    if self.plan_substeps != frame_skip:
+      env_model = model
+      model = copy.copy(env_model)
+      model.opt.timestep = (env_model.opt.timestep * frame_skip /
+                            self.plan_substeps)
     self.model = model
     self.cost_fn = cost_fn
     self.act_mean = np.asarray(act_mean)
@@ -180,13 +204,15 @@ class MPPIPlanner:
     """Costs [K] of open-loop normalised plans [K, H, nu] from `data`'s state."""
     mujoco.mj_getState(self.model, data, self._state, FULL_PHYSICS)
     controls = np.repeat(self.act_mean + plans * self.act_range,
-                         self.frame_skip, axis=1)
+                         self.plan_substeps, axis=1)
     states, _ = rollout.rollout(
         self.model, self._datas, self._state[None], controls,
         initial_warmstart=data.qacc_warmstart[None], persistent_pool=True)
     # Output i is the state after substep i + 1; the env scores the state
-    # after frame_skip - 1 substeps of each step.
-    scored = states[:, self.frame_skip - 2::self.frame_skip]
+    # after frame_skip - 1 substeps of each step (coarse plans: the same
+    # fraction of the step, rounded down, at least one substep).
+    substeps = self.plan_substeps
+    scored = states[:, max(substeps - 2, 0)::substeps]
     return self.cost_fn(scored)
 
   def act(self, data: mujoco.MjData) -> np.ndarray:
@@ -197,7 +223,7 @@ class MPPIPlanner:
     noise[0] = 0.0  # keep the unperturbed warm start among the samples
     samples = np.clip(self.plan + noise, -1.0, 1.0)
     costs = self.rollout_costs(data, samples)
-    scale = config.temperature * max(float(np.std(costs)), 1e-8)
+    scale = config.temperature * max(float(np.std(costs)), _MIN_COST_SCALE)
     weights = np.exp(-(costs - costs.min()) / scale)
     weights /= weights.sum()
     self.plan = np.tensordot(weights, samples, axes=1)
@@ -206,3 +232,4 @@ class MPPIPlanner:
     # Warm start for the next step: shift by one, repeat the last action.
     self.plan = np.concatenate([self.plan[1:], self.plan[-1:]], axis=0)
     return action
+

@@ -1,0 +1,345 @@
+"""Generates a STAND-IN pen-binary-v0 dataset in AWAC's layout.
+
+Not the published AWAC data: demonstrations come from an MPPI planner that
+uses the simulator itself (`iql_acme.standin.mppi`), kept only when the goal
+holds for more than 20 of the 100 steps; "BC rollouts" come from a small MLP
+fitted to those demos and rolled out with Gaussian action noise, as AWAC made
+`pen_bc_sparse4.npy` (25 demos + 5000 BC episodes there; far fewer here).
+
+  python experiments/make_pen_demos.py --out iql_acme/data/assets/pen-binary-v0 \
+      --num_demos 25 --num_bc_episodes 50 --seed 0
+
+Writes `pen2_sparse.npy`, `pen_bc_sparse4.npy` and `meta.json` to --out, and
+per-episode CSVs plus a PNG of the demonstrator's success by target angle to
+--work_dir. Every planner episode is cached in --work_dir as it finishes, so
+an interrupted run resumes where it stopped.
+"""
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault('D4RL_SUPPRESS_IMPORT_ERROR', '1')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+from iql_acme import envs  # pylint: disable=g-import-not-at-top
+from iql_acme.standin import awac_format  # pylint: disable=g-import-not-at-top
+from iql_acme.standin import bc  # pylint: disable=g-import-not-at-top
+from iql_acme.standin import mppi  # pylint: disable=g-import-not-at-top
+
+ENV_NAME = 'pen-binary-v0'
+DEMO_FILE = 'pen2_sparse.npy'
+BC_FILE = 'pen_bc_sparse4.npy'
+META_FILE = 'meta.json'
+BC_SEED_OFFSET = 1_000_000   # BC rollouts use env seeds disjoint from demos'
+ANGLE_BIN_EDGES = (0, 60, 90, 120, 180)  # degrees, initial vs target pen axis
+
+# The demonstrator used for the committed data (chosen on a few episodes:
+# 2 planning substeps per env step halve the cost of a rollout and let it
+# afford 128 samples; a 20-step horizon helps the flips).
+DEFAULT_MPPI = mppi.MPPIConfig(num_samples=128, horizon=20, noise_std=0.25,
+                               temperature=0.1, num_threads=2, plan_substeps=2)
+DEFAULT_COST = mppi.PenCostConfig(position=20.0)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--out', required=True, help='folder for the .npy files')
+  parser.add_argument('--work_dir', default='out/pen_standin',
+                      help='episode cache, CSVs and the PNG')
+  parser.add_argument('--num_demos', type=int, default=25,
+                      help='successful demos to collect')
+  parser.add_argument('--max_episodes', type=int, default=None,
+                      help='cap on planner episodes (default 3 x num_demos)')
+  parser.add_argument('--max_minutes', type=float, default=15.0,
+                      help='wall-time budget of the planner phase')
+  parser.add_argument('--num_bc_episodes', type=int, default=50)
+  parser.add_argument('--bc_noise_stds', default='0.05,0.1,0.2',
+                      help='Gaussian action noise of BC rollouts, cycled')
+  parser.add_argument('--bc_steps', type=int, default=bc.BCConfig.num_steps)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--num_samples', type=int,
+                      default=DEFAULT_MPPI.num_samples)
+  parser.add_argument('--horizon', type=int, default=DEFAULT_MPPI.horizon)
+  parser.add_argument('--noise_std', type=float,
+                      default=DEFAULT_MPPI.noise_std)
+  parser.add_argument('--plan_substeps', type=int,
+                      default=DEFAULT_MPPI.plan_substeps)
+  parser.add_argument('--num_threads', type=int,
+                      default=DEFAULT_MPPI.num_threads)
+  return parser.parse_args(argv)
+
+
+def target_angle_degrees(observation: np.ndarray) -> float:
+  """Angle between the pen's axis (obs[33:36]) and the target's (obs[36:39])."""
+  cosine = np.clip(np.dot(observation[33:36], observation[36:39]), -1.0, 1.0)
+  return float(np.degrees(np.arccos(cosine)))
+
+
+def run_planner_episode(env, episode_seed: int, mppi_config: mppi.MPPIConfig,
+                        cost_config: mppi.PenCostConfig) -> dict:
+  """One MPPI episode; stops early once the pen has fallen without success."""
+  observation, _ = env.reset(seed=episode_seed)
+  unwrapped = env.unwrapped
+  # Built after reset: the cost reads the freshly sampled target from the model.
+  cost = mppi.PenTrajectoryCost(unwrapped.model, cost_config)
+  planner = mppi.MPPIPlanner(unwrapped.model, cost, unwrapped.act_mean,
+                             unwrapped.act_rng, unwrapped.frame_skip,
+                             mppi_config, seed=episode_seed)
+  threshold = envs.success_steps_threshold(ENV_NAME)
+  observations, actions, achieved = [observation], [], []
+  start = time.time()
+  for _ in range(envs.max_episode_steps(ENV_NAME)):
+    action = planner.act(unwrapped.data)
+    observation, _, _, _, info = env.step(action)
+    observations.append(observation)
+    actions.append(action)
+    achieved.append(info['goal_achieved'])
+    if observation[26] < mppi.DROP_HEIGHT and sum(achieved) <= threshold:
+      break  # dropped: nothing recovers from there
+  observations = np.array(observations, np.float32)
+  return {
+      'observations': observations,
+      'actions': np.array(actions, np.float32),
+      'goal_achieved': np.array(achieved, bool),
+      'step_costs': mppi.pen_cost_from_obs(observations[1:], cost_config),
+      'target_angle': target_angle_degrees(observations[0]),
+      'wall_seconds': time.time() - start,
+  }
+
+
+def save_npz_atomically(file: str, **arrays):
+  tmp = file + '.tmp'
+  with open(tmp, 'wb') as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, file)
+
+
+def collect_demos(args, mppi_config, cost_config):
+  """Planner episodes until num_demos successes (or caps); cached per episode."""
+  # Cached episodes are only valid for the settings that made them.
+  settings = json.dumps([dataclasses.asdict(mppi_config),
+                         dataclasses.asdict(cost_config)], sort_keys=True)
+  cache = os.path.join(args.work_dir, 'planner_episodes_' +
+                       hashlib.sha1(settings.encode()).hexdigest()[:8])
+  os.makedirs(cache, exist_ok=True)
+  max_episodes = args.max_episodes or 3 * args.num_demos
+  threshold = envs.success_steps_threshold(ENV_NAME)
+  env = envs.make_gymnasium_env(ENV_NAME, seed=args.seed)
+  episodes, successes = [], 0
+  deadline = time.time() + 60.0 * args.max_minutes
+  progress = tqdm(total=args.num_demos, desc='demos', unit='demo',
+                  file=sys.stdout, dynamic_ncols=True)
+  for index in range(max_episodes):
+    if successes >= args.num_demos:
+      break
+    if time.time() > deadline:
+      print(f'planner budget of {args.max_minutes} min spent after {index} '
+            'episodes')
+      break
+    file = os.path.join(cache, f'episode_{args.seed}_{index:04d}.npz')
+    if os.path.exists(file):
+      with np.load(file) as cached:
+        episode = {key: cached[key] for key in cached.files}
+    else:
+      episode = run_planner_episode(env, args.seed + index, mppi_config,
+                                    cost_config)
+      save_npz_atomically(file, **episode)
+    episode['index'] = index
+    episode['held'] = int(episode['goal_achieved'].sum())
+    episode['success'] = episode['held'] > threshold
+    episodes.append(episode)
+    successes += episode['success']
+    progress.update(int(episode['success']))
+    progress.set_postfix(episodes=index + 1, rate=f'{successes/(index+1):.2f}',
+                         last=f'{float(episode["target_angle"]):.0f}deg/'
+                         f'{episode["held"]}held/'
+                         f'{float(episode["wall_seconds"]):.0f}s')
+  progress.close()
+  return episodes
+
+
+def rollout_bc(env, policy, num_episodes: int, noise_stds, seed: int):
+  """Noisy BC rollouts: (paths, per-episode rows for the CSV)."""
+  rng = np.random.default_rng(seed)
+  steps = envs.max_episode_steps(ENV_NAME)
+  threshold = envs.success_steps_threshold(ENV_NAME)
+  paths, rows = [], []
+  for index in tqdm(range(num_episodes), desc='bc rollouts', unit='ep',
+                    file=sys.stdout, dynamic_ncols=True):
+    noise_std = noise_stds[index % len(noise_stds)]
+    observation, _ = env.reset(seed=seed + BC_SEED_OFFSET + index)
+    observations, actions, achieved = [observation], [], []
+    for _ in range(steps):
+      action = policy(observation) + rng.normal(0.0, noise_std,
+                                                env.action_space.shape)
+      action = np.clip(action, -1.0, 1.0)
+      observation, _, _, truncated, info = env.step(action)
+      observations.append(observation)
+      actions.append(action)
+      achieved.append(info['goal_achieved'])
+    observations = np.array(observations, np.float32)
+    paths.append(awac_format.bc_path(
+        observations[:-1], np.array(actions), observations[1:], achieved,
+        mppi.pen_dense_reward_from_obs(observations[1:]), truncated=truncated))
+    rows.append({'index': index, 'noise_std': noise_std,
+                 'target_angle': target_angle_degrees(observations[0]),
+                 'held': int(sum(achieved)),
+                 'success': int(sum(achieved) > threshold)})
+  return paths, rows
+
+
+def by_angle(angles, successes):
+  """[(bin label, episodes, success rate)] over ANGLE_BIN_EDGES."""
+  angles, successes = np.asarray(angles), np.asarray(successes, float)
+  table = []
+  for low, high in zip(ANGLE_BIN_EDGES[:-1], ANGLE_BIN_EDGES[1:]):
+    inside = (angles >= low) & (angles < high)
+    rate = float(successes[inside].mean()) if inside.any() else None
+    table.append((f'{low}-{high}', int(inside.sum()), rate))
+  return table
+
+
+def write_csv(file: str, rows):
+  with open(file, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def plot_by_angle(file: str, planner_rows, bc_rows):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+  threshold = envs.success_steps_threshold(ENV_NAME)
+  for rows, label, marker in ((planner_rows, 'MPPI demonstrator', 'o'),
+                              (bc_rows, 'noisy BC rollouts', 'x')):
+    if not rows:
+      continue
+    angles = [r['target_angle'] for r in rows]
+    left.scatter(angles, [r['held'] for r in rows], marker=marker, label=label,
+                 alpha=0.7)
+    table = by_angle(angles, [r['success'] for r in rows])
+    centres = [(lo + hi) / 2 for lo, hi in
+               zip(ANGLE_BIN_EDGES[:-1], ANGLE_BIN_EDGES[1:])]
+    right.plot(centres, [np.nan if rate is None else rate
+                         for _, _, rate in table], marker=marker, label=label)
+    for centre, (_, count, rate) in zip(centres, table):
+      if rate is not None and label.startswith('MPPI'):
+        right.annotate(f'n={count}', (centre, rate), textcoords='offset points',
+                       xytext=(0, 6), ha='center', fontsize=8)
+  left.axhline(threshold, color='grey', ls='--', lw=1,
+               label=f'success: > {threshold} steps')
+  left.set_xlabel('angle between initial and target pen axis (deg)')
+  left.set_ylabel('steps with goal achieved (of 100)')
+  left.legend(fontsize=8)
+  right.set_xlabel('target angle bin centre (deg)')
+  right.set_ylabel('success rate')
+  right.set_ylim(-0.05, 1.05)
+  right.legend(fontsize=8)
+  fig.suptitle('Stand-in pen-binary-v0 data (generated, not AWAC\'s)')
+  fig.tight_layout()
+  fig.savefig(file, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  os.makedirs(args.out, exist_ok=True)
+  os.makedirs(args.work_dir, exist_ok=True)
+  mppi_config = dataclasses.replace(
+      DEFAULT_MPPI, num_samples=args.num_samples, horizon=args.horizon,
+      noise_std=args.noise_std, plan_substeps=args.plan_substeps,
+      num_threads=args.num_threads)
+  cost_config = DEFAULT_COST
+  start = time.time()
+
+  episodes = collect_demos(args, mppi_config, cost_config)
+  planner_seconds = time.time() - start
+  demos = [e for e in episodes if e['success']][:args.num_demos]
+  if not demos:
+    raise SystemExit('the planner produced no successful episode')
+  awac_format.save_paths(os.path.join(args.out, DEMO_FILE), [
+      awac_format.demo_path(e['observations'][:-1], e['actions'],
+                            e['observations'][1:], e['goal_achieved'])
+      for e in demos])
+  planner_rows = [{
+      'index': e['index'], 'target_angle': float(e['target_angle']),
+      'held': e['held'], 'success': int(e['success']),
+      'steps': len(e['actions']), 'mean_cost': float(np.mean(e['step_costs'])),
+      'wall_seconds': float(e['wall_seconds'])} for e in episodes]
+  write_csv(os.path.join(args.work_dir, 'planner_episodes.csv'), planner_rows)
+
+  bc_start = time.time()
+  demo_obs = np.concatenate([e['observations'][:-1] for e in demos])
+  demo_actions = np.concatenate([e['actions'] for e in demos])
+  bc_config = bc.BCConfig(num_steps=args.bc_steps)
+  params = bc.fit_bc(demo_obs, demo_actions, bc_config, seed=args.seed)
+  env = envs.make_gymnasium_env(ENV_NAME, seed=args.seed + BC_SEED_OFFSET)
+  noise_stds = [float(s) for s in args.bc_noise_stds.split(',')]
+  bc_paths, bc_rows = rollout_bc(env, bc.bc_policy(params),
+                                 args.num_bc_episodes, noise_stds, args.seed)
+  if bc_paths:
+    awac_format.save_paths(os.path.join(args.out, BC_FILE), bc_paths)
+    write_csv(os.path.join(args.work_dir, 'bc_episodes.csv'), bc_rows)
+  bc_seconds = time.time() - bc_start
+
+  plot_file = os.path.join(args.work_dir, 'demonstrator_by_angle.png')
+  plot_by_angle(plot_file, planner_rows, bc_rows)
+  success = [r['success'] for r in planner_rows]
+  meta = {
+      'what': 'GENERATED stand-in for AWAC pen-binary-v0 data; not the '
+              'published pen2_sparse.npy / pen_bc_sparse4.npy',
+      'command': 'python experiments/make_pen_demos.py ' + ' '.join(
+          sys.argv[1:] if argv is None else argv),
+      'seed': args.seed,
+      'mppi': dataclasses.asdict(mppi_config),
+      'cost': dataclasses.asdict(cost_config),
+      'planner_episodes': len(planner_rows),
+      'planner_success_rate': float(np.mean(success)),
+      'planner_mean_step_cost': float(np.mean(
+          [r['mean_cost'] for r in planner_rows])),
+      'planner_mean_step_cost_successes': float(np.mean(
+          [r['mean_cost'] for r in planner_rows if r['success']])),
+      'planner_success_by_target_angle': [
+          {'degrees': label, 'episodes': n, 'success_rate': rate}
+          for label, n, rate in by_angle(
+              [r['target_angle'] for r in planner_rows], success)],
+      'planner_seconds_per_episode': float(np.mean(
+          [r['wall_seconds'] for r in planner_rows])),
+      'num_demos': len(demos),
+      'demo_transitions': int(sum(len(e['actions']) for e in demos)),
+      'num_bc_episodes': len(bc_paths),
+      'bc_transitions': int(sum(len(p['actions']) for p in bc_paths)),
+      'bc': dataclasses.asdict(bc_config),
+      'bc_noise_stds': noise_stds,
+      'bc_success_rate': (float(np.mean([r['success'] for r in bc_rows]))
+                          if bc_rows else None),
+      'bc_success_rate_by_noise': {
+          str(s): float(np.mean([r['success'] for r in bc_rows
+                                 if r['noise_std'] == s]))
+          for s in noise_stds if any(r['noise_std'] == s for r in bc_rows)},
+      # Planner time summed over episodes (cached ones included) and this
+      # run's wall times (a resumed run skips cached episodes).
+      'planner_seconds_total': float(sum(r['wall_seconds']
+                                         for r in planner_rows)),
+      'wall_seconds_this_run': {'planner': planner_seconds, 'bc': bc_seconds},
+  }
+  with open(os.path.join(args.out, META_FILE), 'w') as f:
+    json.dump(meta, f, indent=2)
+  print(json.dumps(meta, indent=2))
+  print(f'wrote {args.out}/{{{DEMO_FILE},{BC_FILE},{META_FILE}}} and '
+        f'{plot_file}')
+
+
+if __name__ == '__main__':
+  main()

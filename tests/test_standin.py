@@ -1,0 +1,227 @@
+"""Tests of the stand-in data generators on tiny settings (no full regeneration)."""
+
+import os
+import sys
+
+import h5py
+import mujoco
+import numpy as np
+import pytest
+
+from iql_acme import envs
+from iql_acme.data.loading import load_dataset
+from iql_acme.standin import awac_format
+from iql_acme.standin import bc
+from iql_acme.standin import maze_waypoints
+from iql_acme.standin import mppi
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'experiments'))
+import make_maze2d  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+PEN = 'pen-binary-v0'
+PEN_OBS_DIM, PEN_ACT_DIM = 45, 24
+
+
+def _pen_env(seed):
+  env = envs.make_gymnasium_env(PEN, seed=seed)
+  env.reset(seed=seed)
+  return env
+
+
+def test_pen_geometry_matches_simulator_sites():
+  env = _pen_env(seed=3)
+  rng = np.random.default_rng(0)
+  for _ in range(15):
+    env.step(rng.uniform(-1, 1, PEN_ACT_DIM))
+  model, data = env.unwrapped.model, env.unwrapped.data
+  geometry = mppi.PenGeometry(model)
+  mujoco.mj_kinematics(model, data)
+  pos, axis = geometry.pose(data.qpos[None])
+  top = data.site_xpos[model.site('object_top').id]
+  bottom = data.site_xpos[model.site('object_bottom').id]
+  np.testing.assert_allclose(pos[0], data.xpos[model.body('Object').id],
+                             atol=1e-9)
+  np.testing.assert_allclose(axis[0], (top - bottom) / np.linalg.norm(
+      top - bottom), atol=1e-9)
+  target_top = data.site_xpos[model.site('target_top').id]
+  target_bottom = data.site_xpos[model.site('target_bottom').id]
+  np.testing.assert_allclose(
+      geometry.target_axis, (target_top - target_bottom) / np.linalg.norm(
+          target_top - target_bottom), atol=1e-9)
+
+
+def test_planner_scores_the_state_the_env_observes():
+  # The rollout's scored state must give the cost the env's own observation
+  # gives after executing the same action.
+  env = _pen_env(seed=5)
+  unwrapped = env.unwrapped
+  config = mppi.PenCostConfig(terminal=0.0)
+  cost = mppi.PenTrajectoryCost(unwrapped.model, config)
+  planner = mppi.MPPIPlanner(
+      unwrapped.model, cost, unwrapped.act_mean, unwrapped.act_rng,
+      unwrapped.frame_skip, mppi.MPPIConfig(horizon=1, num_threads=1))
+  action = np.random.default_rng(1).uniform(-1, 1, (1, 1, PEN_ACT_DIM))
+  predicted = planner.rollout_costs(unwrapped.data, action)[0]
+  observation, *_ = env.step(action[0, 0])
+  np.testing.assert_allclose(predicted,
+                             mppi.pen_cost_from_obs(observation, config),
+                             rtol=1e-6, atol=1e-6)
+
+
+def _episode_cost(seed, steps, choose_action):
+  env = _pen_env(seed)
+  costs = []
+  for _ in range(steps):
+    observation, *_ = env.step(choose_action(env))
+    costs.append(mppi.pen_cost_from_obs(observation, mppi.PenCostConfig()))
+  return float(np.mean(costs))
+
+
+def test_mppi_lowers_cost_below_zero_action_on_a_short_episode():
+  seed, steps = 1, 25
+  env_for_planner = {}
+
+  def plan(env):
+    if 'planner' not in env_for_planner:
+      u = env.unwrapped
+      env_for_planner['planner'] = mppi.MPPIPlanner(
+          u.model, mppi.PenTrajectoryCost(u.model, mppi.PenCostConfig(
+              position=20.0)), u.act_mean, u.act_rng, u.frame_skip,
+          mppi.MPPIConfig(num_samples=32, horizon=8, noise_std=0.25,
+                          num_threads=1, plan_substeps=2), seed=0)
+    return env_for_planner['planner'].act(env.unwrapped.data)
+
+  zero_cost = _episode_cost(seed, steps, lambda env: np.zeros(PEN_ACT_DIM))
+  mppi_cost = _episode_cost(seed, steps, plan)
+  assert mppi_cost < zero_cost - 0.05, (mppi_cost, zero_cost)
+
+
+def _fake_pen_episode(rng, steps=12, achieved_from=5):
+  observations = rng.normal(size=(steps + 1, PEN_OBS_DIM)).astype(np.float32)
+  actions = rng.uniform(-1, 1, (steps, PEN_ACT_DIM)).astype(np.float32)
+  achieved = np.arange(steps) >= achieved_from
+  return observations, actions, achieved
+
+
+def test_awac_writers_round_trip_in_the_real_layouts(tmp_path):
+  rng = np.random.default_rng(0)
+  obs, actions, achieved = _fake_pen_episode(rng)
+  demo = awac_format.demo_path(obs[:-1], actions, obs[1:], achieved)
+  rollout = awac_format.bc_path(obs[:-1], actions, obs[1:], achieved,
+                                env_rewards=np.arange(12.0))
+  awac_format.save_paths(str(tmp_path / 'pen2_sparse.npy'), [demo, demo])
+  awac_format.save_paths(str(tmp_path / 'pen_bc_sparse4.npy'), [rollout])
+
+  demos = awac_format.load_paths(str(tmp_path / 'pen2_sparse.npy'))
+  rollouts = awac_format.load_paths(str(tmp_path / 'pen_bc_sparse4.npy'))
+  assert len(demos) == 2 and len(rollouts) == 1
+  for path in demos + rollouts:
+    assert set(path) == set(awac_format.PATH_KEYS)
+  # Demo layout: observation dicts, one extra reward, list of terminals.
+  assert isinstance(demos[0]['observations'], list)
+  np.testing.assert_array_equal(
+      demos[0]['observations'][3]['state_observation'], obs[3])
+  np.testing.assert_array_equal(
+      demos[0]['next_observations'][3]['observation'], obs[4])
+  assert len(demos[0]['rewards']) == len(actions) + 1
+  assert not any(demos[0]['terminals'])
+  # BC layout: plain arrays, [T, 1] rewards/terminals, info per step.
+  assert rollouts[0]['observations'].shape == (12, PEN_OBS_DIM)
+  assert rollouts[0]['rewards'].shape == (12, 1)
+  assert rollouts[0]['terminals'].shape == (12, 1)
+  assert rollouts[0]['env_infos'][-1]['TimeLimit.truncated']
+  assert [i['goal_achieved'] for i in rollouts[0]['env_infos']] == list(
+      achieved)
+  expected_rewards = np.where(achieved, 0.0, -1.0)
+  for path in (demos[0], rollouts[0]):
+    o, a, r, next_o = awac_format.path_arrays(path)
+    np.testing.assert_array_equal(o, obs[:-1])
+    np.testing.assert_array_equal(a, actions)
+    np.testing.assert_array_equal(r, expected_rewards)
+    np.testing.assert_array_equal(next_o, obs[1:])
+
+  # The project's loader reads the folder as AWAC data.
+  transitions, _ = load_dataset(str(tmp_path), domain='hand_finetune',
+                                obs_dim=PEN_OBS_DIM, act_dim=PEN_ACT_DIM)
+  assert transitions.rewards.shape == (3 * 12,)
+  np.testing.assert_array_equal(np.sort(transitions.rewards),
+                                np.sort(np.tile(expected_rewards, 3)))
+  assert int(transitions.episode_ends.sum()) == 3
+  assert np.all(transitions.discounts == 1.0)
+
+
+def test_bc_fits_a_smooth_policy():
+  rng = np.random.default_rng(0)
+  observations = rng.normal(size=(512, 6)).astype(np.float32)
+  weights = rng.normal(size=(6, 3)) * 0.5
+  actions = np.tanh(observations @ weights).astype(np.float32)
+  params = bc.fit_bc(observations, actions,
+                     bc.BCConfig(hidden_sizes=(32, 32), num_steps=400,
+                                 batch_size=128), seed=0,
+                     log_fn=lambda _: None)
+  predicted = bc.bc_policy(params)(observations)
+  assert predicted.shape == actions.shape
+  assert np.all(np.abs(predicted) <= 1.0)
+  # Far better than the best constant policy (the mean action).
+  baseline = np.mean((actions - actions.mean(0)) ** 2)
+  assert np.mean((predicted - actions) ** 2) < 0.2 * baseline
+
+
+def test_shortest_path_goes_around_walls():
+  maze = ('#####\\'
+          '#OOO#\\'
+          '###O#\\'
+          '#OOO#\\'
+          '#####')
+  cells = maze_waypoints.open_cells(maze)
+  path = maze_waypoints.shortest_path(cells, (1, 1), (3, 1))
+  assert path == [(1, 2), (1, 3), (2, 3), (3, 3), (3, 2), (3, 1)]
+  assert maze_waypoints.shortest_path(cells, (1, 1), (1, 1)) == [(1, 1)]
+
+
+def test_waypoint_controller_reaches_a_far_cell_without_noise():
+  env = envs.make_gymnasium_env('maze2d-medium-v1', seed=0)
+  env.set_state(np.array([1.0, 1.0]), np.zeros(2))
+  controller = maze_waypoints.WaypointController(
+      env.maze_spec, np.random.default_rng(0))
+  target = np.array([6.0, 6.0])  # the opposite corner of the medium maze
+  observation = env.observation()
+  for _ in range(600):
+    action, reached = controller.action(observation[:2], observation[2:],
+                                        target)
+    if reached:
+      break
+    observation, *_ = env.step(action)
+  assert reached
+  assert np.linalg.norm(observation[:2] - target) < 0.1
+
+
+def test_maze2d_writer_produces_d4rl_hdf5(tmp_path):
+  file = str(tmp_path / 'maze2d-medium-v1.hdf5')
+  num_steps = 1300  # two 600-step timeouts and a partial chunk
+  make_maze2d.main(['--layout', 'medium', '--num_steps', str(num_steps),
+                    '--out', file, '--seed', '1'])
+  with h5py.File(file, 'r') as h5file:
+    keys = set()
+    h5file.visit(lambda name: keys.add(name) if isinstance(
+        h5file[name], h5py.Dataset) else None)
+    assert keys == {'observations', 'actions', 'rewards', 'terminals',
+                    'timeouts', 'infos/goal', 'infos/qpos', 'infos/qvel'}
+    obs = h5file['observations'][:]
+    rewards = h5file['rewards'][:]
+    timeouts = h5file['timeouts'][:]
+    assert obs.shape == (num_steps, 4) and obs.dtype == np.float32
+    assert h5file['actions'].shape == (num_steps, 2)
+    assert np.all(np.abs(h5file['actions'][:]) <= 1.0)
+    assert not h5file['terminals'][:].any()
+    np.testing.assert_array_equal(np.flatnonzero(timeouts), [599, 1199])
+    np.testing.assert_array_equal(h5file['infos/qpos'][:], obs[:, :2])
+    goal = h5file.attrs['eval_target']
+  # Sparse reward of the fixed evaluation goal, on the next observation.
+  reached = np.linalg.norm(obs[1:, :2] - goal, axis=1) <= 0.5
+  np.testing.assert_array_equal(rewards[:-1], reached.astype(np.float32))
+  # D4RL's loading rule drops the time-out rows and the last row.
+  transitions, _ = load_dataset(file, domain='antmaze', obs_dim=4, act_dim=2)
+  assert transitions.rewards.shape == (num_steps - 1 - 2,)
+  assert os.path.exists(file.replace('.hdf5', '.png'))
