@@ -35,8 +35,17 @@ except the first layer, whose input needs no gradient. With O=45, A=24, H=256:
 so 2 * 1,245,440 * 256 = 0.638 GFLOP per update (`update_flops` computes it
 from the sizes). Elementwise work (activations, Adam, Polyak) is left out.
 
-XLA flags: none are set; XLA's CPU defaults (multi-threaded Eigen matmuls)
-are what both this benchmark and the learner process use.
+What the learner does differently from the original structure (same math):
+the twin Q heads are one ensemble network, so each layer of both heads is one
+batched matmul (`networks.TwinQ`); bias gradients are computed as a product
+with a matrix of ones instead of a column sum, which XLA:CPU lowers to a slow
+tree reduction (`networks.add_bias`); the target critic runs once per update
+and V(s), V(s') under the updated V in one pass; and `lax.scan` runs
+sampling plus 100 updates per call (no host round trip in between).
+
+XLA flags: none are set. Both this benchmark and the learner process use
+XLA's CPU defaults (jaxlib 0.4.30 sends matmuls of at least 2^23
+multiply-adds to oneDNN, smaller ones to Eigen).
 
 Usage: python benchmarks/bench_learner.py [--repeats 7] [--updates 200]
 The last line printed is a JSON object with the figures.

@@ -77,7 +77,9 @@ def main(_):
       checkpointing_config=distributed_layout.CheckpointingConfig(
           directory=os.path.join(os.path.abspath(_WORKDIR.value), 'acme'),
           add_uid=False))
-  lp.launch(layout.build(name='iql_acme_layout'), terminal='current_terminal')
+  manager = lp.launch(layout.build(name='iql_acme_layout'),
+                      terminal='current_terminal')
+  manager.wait()  # lp.launch returns once the nodes are started.
 
 
 if __name__ == '__main__':

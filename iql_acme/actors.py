@@ -11,6 +11,7 @@ from acme.agents.jax import actors
 from acme.jax import variable_utils
 import numpy as np
 
+from iql_acme import learning
 from iql_acme.config import IQLConfig
 
 # How often a waiting actor asks the learner whether the offline phase is over.
@@ -20,7 +21,15 @@ OFFLINE_PHASE_POLL_S = 0.5
 def wait_for_online_phase(variable_source: core.VariableSource,
                           offline_steps: int,
                           poll_s: float = OFFLINE_PHASE_POLL_S) -> int:
-  """Blocks until the learner has done `offline_steps` updates; returns them."""
+  """Blocks until the learner has done `offline_steps` updates; returns them.
+
+  When the source is the learner itself, in this process (Acme's
+  LocalLayout), nothing else would train it: the offline phase runs here.
+  """
+  if isinstance(variable_source, learning.IQLLearner):
+    while variable_source.steps < offline_steps:
+      variable_source.step()
+    return variable_source.steps
   while True:
     (learner_steps,) = variable_source.get_variables(['learner_steps'])
     if int(np.asarray(learner_steps)) >= offline_steps:

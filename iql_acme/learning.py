@@ -200,14 +200,19 @@ def mix_batches(key: jax.Array, offline: Transitions, online: Transitions,
 
 
 def transitions_from_replay(data, reward_transform: RewardTransform):
-  """Acme `types.Transition` from Reverb -> `Transitions`, same reward transform."""
+  """Reverb transitions -> `Transitions`, with the offline reward transform.
+
+  `data` is Acme's `types.Transition` or the tuple (observation, action,
+  reward, discount, next_observation).
+  """
+  observation, action, reward, discount, next_observation = tuple(data)[:5]
   return Transitions(
-      observations=jnp.asarray(data.observation, jnp.float32),
-      actions=jnp.asarray(data.action, jnp.float32),
-      rewards=reward_transform(jnp.asarray(data.reward, jnp.float32)),
-      discounts=jnp.asarray(data.discount, jnp.float32),
-      next_observations=jnp.asarray(data.next_observation, jnp.float32),
-      episode_ends=jnp.zeros(np.shape(data.reward), bool))
+      observations=jnp.asarray(observation, jnp.float32),
+      actions=jnp.asarray(action, jnp.float32),
+      rewards=reward_transform(jnp.asarray(reward, jnp.float32)),
+      discounts=jnp.asarray(discount, jnp.float32),
+      next_observations=jnp.asarray(next_observation, jnp.float32),
+      episode_ends=jnp.zeros(np.shape(reward), bool))
 
 
 def _mean_metrics(stacked: Metrics) -> Metrics:
@@ -252,7 +257,10 @@ class IQLLearner(acme.Learner):
       state, metrics = jax.lax.scan(body, state, None, length=num_steps)
       return state, _mean_metrics(metrics)
 
-    def online_step(state, data, online, online_prob):
+    def online_step(state, data, replay_data, online_prob):
+      # Converting inside the jitted call: one host->device transfer of the
+      # raw Reverb batch per update, and the reward transform fused in.
+      online = transitions_from_replay(replay_data, reward_transform)
       key, sample_key, mix_key = jax.random.split(state.key, 3)
       offline = sample_transitions(sample_key, data, online.rewards.shape[0])
       batch, fraction = mix_batches(mix_key, offline, online, online_prob,
@@ -297,12 +305,14 @@ class IQLLearner(acme.Learner):
         raise RuntimeError('offline phase done and no replay iterator was '
                            'given; pass replay_iterator for online training')
       sample = next(self._replay_iterator)
-      online = transitions_from_replay(sample.data, self._reward_transform)
+      replay_data = (sample.data.observation, sample.data.action,
+                     sample.data.reward, sample.data.discount,
+                     sample.data.next_observation)
       n_online = float(np.max(sample.info.table_size))
       online_prob = n_online / (n_online + self._num_offline)
       with self._lock:
         self._state, metrics = self._online_step(
-            self._state, self._offline_data, online, online_prob)
+            self._state, self._offline_data, replay_data, online_prob)
         self._steps += 1
       num, phase = 1, 'online'
       metrics = {**metrics, 'replay_size': n_online}

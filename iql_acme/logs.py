@@ -21,9 +21,10 @@ def make_logger(workdir: Optional[str], label: str, time_delta: float = 10.0,
       targets.append(loggers.TimeFilter(
           loggers.CSVLogger(csv_file, label=label, flush_every=1), time_delta))
     if tensorboard:
-      targets.append(_NumbersOnly(tf_summary.TFSummaryLogger(
-          os.path.join(workdir, 'tensorboard'), label=label,
-          steps_key=steps_key)))
+      targets.append(loggers.TimeFilter(_NumbersOnly(
+          tf_summary.TFSummaryLogger(os.path.join(workdir, 'tensorboard'),
+                                     label=label, steps_key=steps_key)),
+                                        time_delta))
   return loggers.Dispatcher(targets, loggers.to_numpy)
 
 

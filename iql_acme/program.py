@@ -37,6 +37,7 @@ COORDINATOR_POLL_S = 0.2
 ACTOR_COUNTER_SYNC_S = 1.0  # How often actors report their steps.
 LEARNER_CATCH_UP_TIMEOUT_S = 10.0
 SUMMARY_FILE = 'summary.json'
+FAILURE_FILE = 'FAILED'
 COUNTS_FILE = 'counts.json'
 
 
@@ -51,6 +52,34 @@ class RunConfig:
   eval_episodes: int = 10
   checkpoint_every_s: float = 300.0
   log_every_s: float = 10.0
+
+
+def stop_program_on_failure(workdir: str, node: str, body, *args):
+  """Runs a node's loop; a failure stops the whole program and is recorded.
+
+  Launchpad's local launchers leave the other nodes running when one fails;
+  an IQL run without its learner, actors or coordinator can never finish.
+  The launcher turns the record into its exit code.
+  """
+  try:
+    return body(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.exception('%s failed; stopping the program', node)
+    with open(os.path.join(workdir, FAILURE_FILE), 'a') as f:
+      f.write(f'{node}: {type(e).__name__}: {e}\n')
+    lp.stop()
+    raise
+
+
+def run_outcome(workdir: str) -> Optional[str]:
+  """None when the run finished; else what went wrong (for the launcher)."""
+  failure = os.path.join(workdir, FAILURE_FILE)
+  if os.path.exists(failure):
+    with open(failure) as f:
+      return f.read().strip()
+  if not os.path.exists(os.path.join(workdir, SUMMARY_FILE)):
+    return f'the run ended without writing {SUMMARY_FILE}'
+  return None
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -132,7 +161,7 @@ class LearnerNode:
   def run(self):
     # Like Acme's runners: a program stop raises SystemExit in this thread.
     with signals.runtime_terminator():
-      self._train()
+      stop_program_on_failure(self._run.workdir, 'learner', self._train)
     lp.wait_for_stop()  # Keep serving variables until the program stops.
 
   def _train(self):
@@ -170,6 +199,10 @@ class ActorNode:
                                     run.log_every_s, steps_key='actor_steps')
 
   def run(self):
+    stop_program_on_failure(self._run.workdir, f'actor_{self._id}',
+                            self._act)
+
+  def _act(self):
     steps, episodes, unreported, returns = 0, 0, 0, []
     start = last_log = last_sync = None
     while steps < self._num_steps:
@@ -261,6 +294,9 @@ class EvaluatorNode:
     return int(info[self._config.replay_table_name].current_size)
 
   def run(self):
+    stop_program_on_failure(self._run.workdir, 'evaluator', self._coordinate)
+
+  def _coordinate(self):
     config, run = self._config, self._run
     offline_steps, online_steps = config.offline_steps, config.online_steps
     learner_steps = self._learner_steps()
@@ -271,9 +307,14 @@ class EvaluatorNode:
       learner_steps = self._learner_steps()
       actor_steps = int(self._counter.get_counts().get('actor_steps', 0))
       if not offline_end_done and learner_steps >= offline_steps:
+        # The learner stores the snapshot right after its last offline
+        # update; until then this is None and we ask again next poll.
         params = self._learner.get_variables(['offline_policy'])[0]
-        self._evaluate(params, offline_steps, 0, 'offline_end')
-        offline_end_done = True
+        if params is not None:
+          self._evaluate(params, offline_steps, 0, 'offline_end')
+          offline_end_done = True
+          next_eval = max(next_eval, (offline_steps // run.eval_every + 1) *
+                          run.eval_every)
       elif learner_steps >= next_eval:
         params = self._learner.get_variables(['policy'])[0]
         phase = 'offline' if learner_steps < offline_steps else 'online'
@@ -359,6 +400,9 @@ def make_learner_logger(run: RunConfig):
 def make_program(config: IQLConfig, offline_dataset_fn: OfflineDatasetFn,
                  run: RunConfig, name: str = 'iql_finetune') -> lp.Program:
   """Builds the Launchpad program for an offline-to-online IQL run."""
+  for stale in (SUMMARY_FILE, FAILURE_FILE):  # From an earlier (resumed) run.
+    if os.path.exists(os.path.join(run.workdir, stale)):
+      os.remove(os.path.join(run.workdir, stale))
   builder = IQLBuilder(config, offline_dataset_fn,
                        logger_fn=functools.partial(make_learner_logger, run))
   os.makedirs(os.path.join(run.workdir, 'logs'), exist_ok=True)

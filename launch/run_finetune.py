@@ -92,7 +92,17 @@ def main(_):
   logging.info('config: %s', config)
   logging.info('run: %s', run)
   program = program_lib.make_program(config, dataset_fn, run)
-  lp.launch(program, terminal='current_terminal')
+  manager = lp.launch(program, terminal='current_terminal')
+  try:
+    manager.wait()  # lp.launch returns once the nodes are started.
+  except RuntimeError as e:  # A node failed before stopping the program.
+    logging.error('a node failed: %s', e)
+  problem = program_lib.run_outcome(run.workdir)
+  if problem:
+    print(f'error: run failed: {problem} (see the node logs above)',
+          file=sys.stderr)
+    sys.exit(1)
+  print(f'done: {os.path.join(run.workdir, program_lib.SUMMARY_FILE)}')
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ import threading
 import time
 
 from acme import specs
+from acme.utils import counting
 import jax
 import numpy as np
 import pytest
@@ -252,3 +253,38 @@ def test_interruptible_iterator_passes_items_and_errors():
     next(iterator)
   with pytest.raises(ValueError, match='boom'):
     next(iterator)
+
+
+def test_acme_local_layout_runs_offline_then_online(offline_data, spec):
+  """IQLBuilder in Acme 0.4.0's single-process LocalLayout."""
+  from acme import environment_loop  # pylint: disable=g-import-not-at-top
+  from acme.jax.layouts import local_layout  # pylint: disable=g-import-not-at-top
+  builder, _ = make_builder(offline_data)
+  networks = networks_lib.make_networks(spec, builder.config)
+  agent = local_layout.LocalLayout(
+      seed=0, environment_spec=spec, builder=builder, networks=networks,
+      policy_network=networks_lib.make_behaviour_policy(networks,
+                                                        builder.config),
+      batch_size=BATCH, samples_per_insert=BATCH, min_replay_size=1,
+      checkpoint=False)
+  counter = counting.Counter()
+  loop = environment_loop.EnvironmentLoop(
+      envs.make_environment(ENV, seed=3), agent, counter=counter,
+      logger=FakeLogger())
+  loop.run(num_steps=150)  # Acme finishes the episode: 200 steps.
+  env_steps = counter.get_counts()['steps']
+  learner = agent._learner  # pylint: disable=protected-access
+  # The whole offline phase ran before the first action, then one update per
+  # environment step once Acme's Agent has its first batch of observations.
+  assert agent._actor.learner_steps_at_first_action == OFFLINE_STEPS  # pylint: disable=protected-access
+  online_updates = learner.steps - OFFLINE_STEPS
+  assert env_steps - BATCH <= online_updates <= env_steps
+
+
+class FakeLogger:
+
+  def write(self, values):
+    pass
+
+  def close(self):
+    pass

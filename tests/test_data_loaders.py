@@ -65,7 +65,7 @@ def test_d4rl_hdf5_matches_d4rl_qlearning_dataset(tmp_path):
   loaded, transform = load_dataset(path, domain='kitchen')
   reference = d4rl.qlearning_dataset(None, dataset=arrays)
   assert transform == RewardTransform()
-  assert len(loaded) == len(reference['rewards'])
+  assert loaded.size == len(reference['rewards'])
   np.testing.assert_array_equal(loaded.observations, reference['observations'])
   np.testing.assert_array_equal(loaded.actions, reference['actions'])
   np.testing.assert_array_equal(loaded.next_observations,
@@ -125,7 +125,7 @@ def test_d4rl_next_observations_keep_every_row(tmp_path):
       observations=obs, actions=actions, rewards=rewards, terminals=terminals,
       timeouts=timeouts, next_observations=next_obs))
   loaded, _ = load_dataset(path, domain='adroit')
-  assert len(loaded) == 8
+  assert loaded.size == 8
   np.testing.assert_array_equal(loaded.next_observations, next_obs)
   np.testing.assert_array_equal(loaded.discounts, [1, 1, 1, 1, 1, 0, 1, 1])
   np.testing.assert_array_equal(
@@ -240,7 +240,7 @@ def test_awac_demos_and_bc_rollouts(tmp_path):
   loaded, transform = load_dataset(f'{demo_file},{bc_file}',
                                    domain='hand_finetune')
   assert transform == RewardTransform()
-  assert len(loaded) == 4 + 3 + 5
+  assert loaded.size == 4 + 3 + 5
   np.testing.assert_array_equal(
       loaded.observations[:, 0],
       [0, 1, 2, 3, 100, 101, 102, 200, 201, 202, 203, 204])

@@ -1,0 +1,241 @@
+"""Learning curves of a run as one PNG: `WORKDIR/learning_curve.png`.
+
+Reads the evaluator's CSV (columns `iql_acme.evaluation.EVAL_CSV_FIELDS`)
+from either layout:
+  distributed run (launch/):          WORKDIR/logs/evaluator.csv
+  experiments/train_offline.py:       WORKDIR/eval.csv
+and draws the normalized score (the success rate in percent on the binary
+hand tasks; the mean return where a task has no score) against environment
+steps and against learner steps, with the offline/online boundary marked.
+When present, the learner's CSV (WORKDIR/logs/learner.csv, or train.csv)
+adds panels of the losses and of updates per second, and the actors' CSVs
+(WORKDIR/logs/actor_N.csv) panels of their training returns and of the
+measured update : env-step ratio.
+
+Usage: python experiments/plot_run.py WORKDIR [--out PATH]
+"""
+
+import argparse
+import csv
+import functools
+import glob
+import math
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+EVAL_PATHS = ('logs/evaluator.csv', 'eval.csv')
+LEARNER_PATHS = ('logs/learner.csv', 'train.csv')
+ACTOR_GLOB = 'logs/actor*.csv'  # actor_0.csv, actor_1.csv, ...
+# Actor CSV columns drawn against each actor's own steps.
+ACTOR_PANELS = (('mean_return_last10', 'training return (last 10 episodes)'),
+                ('update_to_env_step_ratio', 'updates : env steps'))
+OFFLINE_PHASES = ('offline', 'offline_end')
+ONLINE_PHASES = ('online', 'final')
+CRITIC_LOSSES = ('critic_loss', 'value_loss')
+ACTOR_LOSS = 'actor_loss'
+OUTPUT_NAME = 'learning_curve.png'
+PANEL_SIZE = (5.0, 3.6)
+MAX_COLUMNS = 3
+BOUNDARY_STYLE = dict(color='grey', linestyle='--', linewidth=1.0)
+
+Rows = List[Dict[str, str]]
+
+
+class RunFilesError(Exception):
+  """The work directory holds no evaluation CSV, or one without rows."""
+
+
+def find(workdir: str, candidates: Sequence[str]) -> Optional[str]:
+  for name in candidates:
+    path = os.path.join(workdir, name)
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+      return path
+  return None
+
+
+def actor_csvs(workdir: str) -> Sequence[str]:
+  return sorted(p for p in glob.glob(os.path.join(workdir, ACTOR_GLOB))
+                if os.path.getsize(p) > 0)
+
+
+def plot_actors(ax, actors, key, label):
+  for i, rows in enumerate(actors):
+    xs = [number(r.get('actor_steps')) for r in rows]
+    ax.plot(xs, [number(r.get(key)) for r in rows], label=f'actor {i}')
+  ax.set_xlabel('actor steps')
+  ax.set_ylabel(label)
+  ax.legend(fontsize='small')
+
+
+def read_rows(path: str) -> Rows:
+  """CSV rows as dicts; header lines repeated by a resumed logger dropped."""
+  with open(path, newline='') as f:
+    reader = csv.DictReader(f)
+    header = reader.fieldnames or []
+    return [row for row in reader
+            if header and row.get(header[0]) != header[0]]
+
+
+def number(value) -> float:
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return math.nan
+
+
+def column(rows: Rows, key: str) -> List[float]:
+  return [number(row.get(key)) for row in rows]
+
+
+def has_values(rows: Rows, key: str) -> bool:
+  return any(math.isfinite(v) for v in column(rows, key))
+
+
+def first_key(rows: Rows, keys: Sequence[str]) -> Optional[str]:
+  return next((k for k in keys if has_values(rows, k)), None)
+
+
+def online_boundary(rows: Rows, key: str) -> Optional[float]:
+  """The `key` value where the online phase starts: the last offline row's
+  (the evaluation of the purely offline policy); None without online rows."""
+  offline = [number(r.get(key)) for r in rows if phase_of(r) == 'offline']
+  if not any(phase_of(r) == 'online' for r in rows):
+    return None
+  return max(offline) if offline else 0.0
+
+
+def phase_of(row) -> Optional[str]:
+  """'offline' or 'online': the program also writes offline_end and final."""
+  phase = row.get('phase')
+  if phase in OFFLINE_PHASES:
+    return 'offline'
+  return 'online' if phase in ONLINE_PHASES else phase
+
+
+def plot_score(ax, rows: Rows, x_key: str, y_key: str, x_label: str):
+  ordered = sorted(rows, key=lambda r: number(r.get(x_key)))
+  for phase, color in (('offline', 'tab:blue'), ('online', 'tab:orange')):
+    part = [r for r in ordered if phase_of(r) == phase]
+    if part:
+      ax.plot(column(part, x_key), column(part, y_key), 'o-', color=color,
+              markersize=3, label=phase)
+  boundary = online_boundary(rows, x_key)
+  if boundary is not None:
+    ax.axvline(boundary, label='offline -> online', **BOUNDARY_STYLE)
+  if y_key == 'normalized_score':  # Show the 0-100 scale in full.
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(low, -5.0), max(high, 105.0))
+  ax.set_xlabel(x_label)
+  ax.set_ylabel(y_key.replace('_', ' '))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+
+
+def plot_lines(ax, rows: Rows, x_key: str, y_keys: Sequence[str],
+               y_label: str, log_y: bool = False, boundary=None):
+  for key in y_keys:
+    if has_values(rows, key):
+      ax.plot(column(rows, x_key), column(rows, key), linewidth=1.0,
+              label=key.replace('_', ' '))
+  if boundary is not None:
+    ax.axvline(boundary, **BOUNDARY_STYLE)
+  if log_y and all(v > 0 for k in y_keys for v in column(rows, k)
+                   if math.isfinite(v)):
+    ax.set_yscale('log')
+  ax.set_xlabel(x_key.replace('_', ' '))
+  ax.set_ylabel(y_label)
+  ax.grid(alpha=0.3)
+  if len(y_keys) > 1:
+    ax.legend(fontsize=8)
+
+
+def plot_run(workdir: str, out: Optional[str] = None) -> str:
+  """Draws the run's curves; returns the PNG's path."""
+  eval_path = find(workdir, EVAL_PATHS)
+  if eval_path is None:
+    raise RunFilesError(f'no evaluation CSV in {workdir!r} (looked for '
+                        f'{" or ".join(EVAL_PATHS)})')
+  evals = read_rows(eval_path)
+  if not evals:
+    raise RunFilesError(f'{eval_path} has no rows yet')
+  score_key = first_key(evals, ('normalized_score', 'mean_return'))
+  if score_key is None:
+    raise RunFilesError(f'{eval_path} has no normalized_score or mean_return')
+  learner_path = find(workdir, LEARNER_PATHS)
+  learner = read_rows(learner_path) if learner_path else []
+  actors = [read_rows(path) for path in actor_csvs(workdir)]
+
+  panels = []
+  online = [r for r in evals if phase_of(r) == 'online']
+  if online and has_values(online, 'actor_steps'):
+    # Against environment steps the offline phase is one point, at 0 steps:
+    # the policy fine-tuning starts from (the offline_end evaluation).
+    offline = [r for r in evals if phase_of(r) == 'offline']
+    start = [max(offline, key=lambda r: (number(r.get('learner_steps')),
+                                         r.get('phase') == 'offline_end'))
+             ] if offline else []
+    panels.append(lambda ax: plot_score(ax, start + online, 'actor_steps',
+                                        score_key, 'environment steps'))
+  panels.append(lambda ax: plot_score(ax, evals, 'learner_steps', score_key,
+                                      'learner steps'))
+  boundary = online_boundary(evals, 'learner_steps')
+  if has_values(learner, 'learner_steps'):
+    # Critic and value losses are positive and shrink by orders of
+    # magnitude (log scale); the actor's NLL may be negative (linear).
+    losses = [k for k in CRITIC_LOSSES if has_values(learner, k)]
+    if losses:
+      panels.append(lambda ax: plot_lines(ax, learner, 'learner_steps', losses,
+                                          'loss', log_y=True,
+                                          boundary=boundary))
+    if has_values(learner, ACTOR_LOSS):
+      panels.append(lambda ax: plot_lines(ax, learner, 'learner_steps',
+                                          [ACTOR_LOSS], 'actor loss',
+                                          boundary=boundary))
+    # A logger's first row has no interval to measure a rate over (0).
+    timed = [r for r in learner if number(r.get('updates_per_s')) > 0]
+    if timed:
+      panels.append(lambda ax: plot_lines(ax, timed, 'learner_steps',
+                                          ['updates_per_s'], 'updates / s',
+                                          boundary=boundary))
+  actors = [rows for rows in actors if has_values(rows, 'actor_steps')]
+  for key, label in ACTOR_PANELS:
+    if any(has_values(rows, key) for rows in actors):
+      panels.append(functools.partial(plot_actors, actors=actors, key=key,
+                                      label=label))
+
+  columns = min(len(panels), MAX_COLUMNS)
+  rows = math.ceil(len(panels) / columns)
+  fig, axes = plt.subplots(rows, columns, squeeze=False,
+                           figsize=(PANEL_SIZE[0] * columns,
+                                    PANEL_SIZE[1] * rows))
+  for ax, draw in zip(axes.flat, panels):
+    draw(ax)
+  for ax in list(axes.flat)[len(panels):]:
+    ax.axis('off')
+  fig.suptitle(os.path.basename(os.path.abspath(workdir)))
+  fig.tight_layout()
+  out = out or os.path.join(workdir, OUTPUT_NAME)
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('workdir', help='run directory (see the module doc)')
+  parser.add_argument('--out', help=f'PNG path (default WORKDIR/{OUTPUT_NAME})')
+  args = parser.parse_args(argv)
+  try:
+    print(plot_run(args.workdir, args.out))
+  except (RunFilesError, OSError) as e:
+    print(f'plot_run.py: error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  main()
