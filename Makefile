@@ -17,10 +17,14 @@ export MUJOCO_GL := egl
 venv: $(STAMP)
 
 $(STAMP): requirements.txt
-	@py310=$$(command -v python3.10 || true); \
-	  if [ -z "$$py310" ] && command -v pyenv >/dev/null; then \
-	    for v in $$(pyenv versions --bare | grep '^3\.10'); do py310="$$(pyenv root)/versions/$$v/bin/python"; done; fi; \
-	  if [ -z "$$py310" ]; then for p in /usr/bin/python3.10 /usr/local/bin/python3.10 $$HOME/.pyenv/versions/3.10*/bin/python; do [ -x "$$p" ] && py310="$$p"; done; fi; \
+	@# First candidate that really runs CPython 3.10 (a pyenv shim named
+	@# python3.10 may exist and still fail).
+	@py310=""; \
+	  for p in "$$(command -v python3.10 || true)" \
+	           $$(command -v pyenv >/dev/null && for v in $$(pyenv versions --bare 2>/dev/null | grep '^3\.10'); do echo "$$(pyenv root)/versions/$$v/bin/python"; done) \
+	           $$HOME/.pyenv/versions/3.10*/bin/python /usr/bin/python3.10 /usr/local/bin/python3.10; do \
+	    if [ -n "$$p" ] && "$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then py310="$$p"; break; fi; \
+	  done; \
 	  if [ -z "$$py310" ]; then echo "error: CPython 3.10 not found; install it (e.g. 'pyenv install 3.10.13') and rerun make" >&2; exit 1; fi; \
 	  [ -x $(PY) ] || { echo "creating $(VENV) with $$py310"; "$$py310" -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true

@@ -96,9 +96,10 @@ def make_rate_limiter(config: IQLConfig) -> rate_limiters.RateLimiter:
   """
   spi = samples_per_insert(config)
   tolerance = max(config.rate_limit_tolerance_steps, 4) * config.batch_size
+  fetch = config.batch_size * config.num_sgd_steps_per_step  # One learner step.
   return rate_limiters.SampleToInsertRatio(
       samples_per_insert=spi, min_size_to_sample=config.min_replay_size,
-      error_buffer=max(tolerance, 2 * spi))
+      error_buffer=max(tolerance, 2 * fetch, 2 * spi))
 
 
 class IQLBuilder(builders.ActorLearnerBuilder):
@@ -129,15 +130,16 @@ class IQLBuilder(builders.ActorLearnerBuilder):
 
   def make_dataset_iterator(
       self, replay_client: reverb.Client) -> Iterator[reverb.ReplaySample]:
-    # One worker and one batch in flight keep the pacing tight: every update
-    # consumes exactly batch_size samples granted by the rate limiter.
+    # One worker and one fetch in flight keep the pacing tight: each learner
+    # step takes num_sgd_steps_per_step batches granted by the rate limiter.
+    rows = self._config.batch_size * self._config.num_sgd_steps_per_step
     dataset = datasets.make_reverb_dataset(
         table=self._config.replay_table_name,
         server_address=replay_client.server_address,
-        batch_size=self._config.batch_size,
+        batch_size=rows,
         prefetch_size=self._config.prefetch_size,
         num_parallel_calls=1,
-        max_in_flight_samples_per_worker=self._config.batch_size)
+        max_in_flight_samples_per_worker=rows)
     return InterruptibleIterator(dataset.as_numpy_iterator())
 
   def make_adder(self, replay_client: reverb.Client) -> Optional[adders.Adder]:

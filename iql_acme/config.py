@@ -31,6 +31,9 @@ class IQLConfig:
   online_steps: int = 1_000_000      # environment steps, summed over actors
   exploration_noise: float = 0.1     # sigma of Gaussian action noise
   updates_per_env_step: float = 1.0  # pacing, enforced by Reverb's rate limiter
+  # Online updates per learner step (one Reverb fetch, one jitted lax.scan),
+  # as Acme SAC's option of this name; pacing holds at this granularity.
+  num_sgd_steps_per_step: int = 4
   # Fraction of each online-phase batch drawn from replay. None: one pool,
   # uniform over all offline and online transitions (the paper's code);
   # a number (e.g. 0.5 as in RLPD) fixes it.
@@ -40,7 +43,7 @@ class IQLConfig:
   min_replay_size: int = 1
   # How far (in updates) either side may run ahead of the other.
   rate_limit_tolerance_steps: int = 20
-  prefetch_size: int = 2
+  prefetch_size: int = 1  # Reverb fetches buffered ahead of the learner.
   variable_update_period: int = 100  # actor parameter refresh, in actor steps
 
 

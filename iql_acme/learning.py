@@ -257,20 +257,28 @@ class IQLLearner(acme.Learner):
       state, metrics = jax.lax.scan(body, state, None, length=num_steps)
       return state, _mean_metrics(metrics)
 
-    def online_step(state, data, replay_data, online_prob):
+    def online_steps(state, data, replay_data, online_prob):
       # Converting inside the jitted call: one host->device transfer of the
-      # raw Reverb batch per update, and the reward transform fused in.
+      # raw Reverb rows per call, and the reward transform fused in. The rows
+      # hold k batches, one per update.
       online = transitions_from_replay(replay_data, reward_transform)
-      key, sample_key, mix_key = jax.random.split(state.key, 3)
-      offline = sample_transitions(sample_key, data, online.rewards.shape[0])
-      batch, fraction = mix_batches(mix_key, offline, online, online_prob,
-                                    config.online_fraction)
-      state, metrics = update_step(state._replace(key=key), batch)
-      return state, {**metrics, 'online_fraction': fraction}
+      num_steps = online.rewards.shape[0] // batch_size
+      online = jax.tree_util.tree_map(
+          lambda x: x.reshape((num_steps, batch_size) + x.shape[1:]), online)
+
+      def body(state, online_batch):
+        key, sample_key, mix_key = jax.random.split(state.key, 3)
+        offline = sample_transitions(sample_key, data, batch_size)
+        batch, fraction = mix_batches(mix_key, offline, online_batch,
+                                      online_prob, config.online_fraction)
+        state, metrics = update_step(state._replace(key=key), batch)
+        return state, {**metrics, 'online_fraction': fraction}
+      state, metrics = jax.lax.scan(body, state, online)
+      return state, _mean_metrics(metrics)
 
     self._offline_steps = jax.jit(offline_steps, static_argnums=2,
                                   donate_argnums=0)
-    self._online_step = jax.jit(online_step, donate_argnums=0)
+    self._online_steps = jax.jit(online_steps, donate_argnums=0)
     self._state = init_training_state(networks, optimizers, random_key)
     self._steps = 0
     self._timestamp = None
@@ -308,13 +316,20 @@ class IQLLearner(acme.Learner):
       replay_data = (sample.data.observation, sample.data.action,
                      sample.data.reward, sample.data.discount,
                      sample.data.next_observation)
+      num, remainder = divmod(len(sample.data.reward),
+                              self._config.batch_size)
+      if num == 0 or remainder:
+        raise ValueError(
+            f'replay batches must hold a multiple of batch_size='
+            f'{self._config.batch_size} rows, got {len(sample.data.reward)}; '
+            'build the iterator with IQLBuilder.make_dataset_iterator')
       n_online = float(np.max(sample.info.table_size))
       online_prob = n_online / (n_online + self._num_offline)
       with self._lock:
-        self._state, metrics = self._online_step(
+        self._state, metrics = self._online_steps(
             self._state, self._offline_data, replay_data, online_prob)
-        self._steps += 1
-      num, phase = 1, 'online'
+        self._steps += num
+      phase = 'online'
       metrics = {**metrics, 'replay_size': n_online}
 
     now = time.time()

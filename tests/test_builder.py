@@ -39,6 +39,7 @@ def offline_data():
 
 
 def make_builder(offline_data, **overrides):
+  overrides.setdefault('num_sgd_steps_per_step', 1)
   config = IQLConfig(batch_size=BATCH, offline_steps=OFFLINE_STEPS,
                      offline_steps_per_call=10, hidden_dims=(32, 32),
                      **overrides)
@@ -217,7 +218,8 @@ def test_behaviour_policy_adds_clipped_gaussian_noise(offline_data, spec):
 
 def test_learner_trains_offline_then_online_from_replay(
     offline_data, spec, env):
-  builder, _ = make_builder(offline_data)
+  sgd_steps = 2  # Online updates per learner step, from one Reverb fetch.
+  builder, _ = make_builder(offline_data, num_sgd_steps_per_step=sgd_steps)
   server = reverb.Server(builder.make_replay_tables(spec))
   client = server.localhost_client()
   try:
@@ -237,7 +239,7 @@ def test_learner_trains_offline_then_online_from_replay(
       adder.add(action, timestep)
     for _ in range(5):
       learner.step()
-    assert learner.steps == OFFLINE_STEPS + 5
+    assert learner.steps == OFFLINE_STEPS + 5 * sgd_steps
   finally:
     server.stop()
 
@@ -266,6 +268,7 @@ def test_acme_local_layout_runs_offline_then_online(offline_data, spec):
       policy_network=networks_lib.make_behaviour_policy(networks,
                                                         builder.config),
       batch_size=BATCH, samples_per_insert=BATCH, min_replay_size=1,
+      num_sgd_steps_per_step=builder.config.num_sgd_steps_per_step,
       checkpoint=False)
   counter = counting.Counter()
   loop = environment_loop.EnvironmentLoop(

@@ -101,8 +101,12 @@ def test_evaluator_rows_written(local_mp_run):
   workdir, _ = local_mp_run
   rows = read_csv(os.path.join(workdir, 'logs', 'evaluator.csv'))
   phases = [r['phase'] for r in rows]
-  assert 'offline' in phases and 'offline_end' in phases
-  assert phases[-1] == 'final'
+  # Periodic rows depend on the evaluator keeping up with a fast learner on a
+  # loaded machine; the offline-end snapshot and the final one are certain.
+  assert phases.count('offline_end') == 1 and phases[-1] == 'final'
+  steps = [int(r['learner_steps']) for r in rows]
+  assert steps == sorted(steps)
+  assert all(p in ('offline', 'offline_end', 'online', 'final') for p in phases)
   offline_end = rows[phases.index('offline_end')]
   assert int(offline_end['learner_steps']) == OFFLINE_STEPS
   for row in rows:
