@@ -44,7 +44,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests $(TEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_learner.py
+	$(PY) benchmarks/bench_learner.py --repeats 7 --updates 1000
 
 toy: $(STAMP)
 	$(PY) experiments/toy_umaze.py --out out/toy_umaze
