@@ -235,7 +235,6 @@ class IQLLearner(acme.Learner):
       raise ValueError('the offline dataset is empty; pass a dataset with at '
                        'least one transition')
     self._config = config
-    self._reward_transform = reward_transform
     self._replay_iterator = replay_iterator
     self._counter = counter or counting.Counter(prefix='learner')
     self._logger = logger or loggers.make_default_logger(
@@ -307,6 +306,8 @@ class IQLLearner(acme.Learner):
         self._state, metrics = self._offline_steps(self._state,
                                                    self._offline_data, num)
         self._steps += num
+      # Same keys in both phases: CSV loggers take their header from row one.
+      metrics = {**metrics, 'online_fraction': 0.0, 'replay_size': 0.0}
       phase = 'offline'
     else:
       if self._replay_iterator is None:

@@ -394,7 +394,7 @@ def make_learner_logger(run: RunConfig):
   return _WithDefaults(
       logs.make_logger(run.workdir, 'learner', run.log_every_s,
                        tensorboard=True, steps_key='learner_steps'),
-      {'online_fraction': 0.0, 'replay_size': 0.0, 'actor_steps': 0})
+      {'actor_steps': 0})
 
 
 def make_program(config: IQLConfig, offline_dataset_fn: OfflineDatasetFn,

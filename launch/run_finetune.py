@@ -34,6 +34,8 @@ _EVAL_EVERY = flags.DEFINE_integer('eval_every', 5_000,
                                    'Learner steps between evaluations.')
 _EVAL_EPISODES = flags.DEFINE_integer('eval_episodes', 10,
                                       'Episodes per evaluation.')
+_LOG_EVERY = flags.DEFINE_float('log_every', 10.0,
+                                'Seconds between log lines and CSV rows.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Batch size (256).')
 _UPDATES_PER_ENV_STEP = flags.DEFINE_float(
     'updates_per_env_step', None, 'Gradient updates per environment step (1).')
@@ -48,7 +50,8 @@ def _check_flags():
   if _ENV.value not in envs.KNOWN_ENVIRONMENTS:
     envs.make_environment(_ENV.value, 0)  # Raises the listing error.
   positive = {'num_actors': _NUM_ACTORS.value, 'eval_every': _EVAL_EVERY.value,
-              'eval_episodes': _EVAL_EPISODES.value}
+              'eval_episodes': _EVAL_EPISODES.value,
+              'log_every': _LOG_EVERY.value}
   non_negative = {'offline_steps': _OFFLINE_STEPS.value,
                   'online_steps': _ONLINE_STEPS.value}
   for name, value in positive.items():
@@ -80,6 +83,7 @@ def main(_):
     act_dim = spec.action_spec().shape[0]
     dataset_fn = run_setup.make_offline_dataset_fn(
         _ENV.value, _DATASET.value, obs_dim, act_dim)
+    dataset_fn()  # Fail fast on a bad dataset, before any node starts.
   except ValueError as e:  # Bad flags or inputs: one line, no traceback.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -88,7 +92,8 @@ def main(_):
   run = program_lib.RunConfig(
       env_name=_ENV.value, workdir=os.path.abspath(workdir),
       num_actors=_NUM_ACTORS.value, seed=_SEED.value,
-      eval_every=_EVAL_EVERY.value, eval_episodes=_EVAL_EPISODES.value)
+      eval_every=_EVAL_EVERY.value, eval_episodes=_EVAL_EPISODES.value,
+      log_every_s=_LOG_EVERY.value)
   logging.info('config: %s', config)
   logging.info('run: %s', run)
   program = program_lib.make_program(config, dataset_fn, run)

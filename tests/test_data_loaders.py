@@ -91,13 +91,19 @@ def test_d4rl_without_timeouts_matches_d4rl_with_unlimited_episodes(tmp_path):
   assert loaded.episode_ends[np.flatnonzero(reference['terminals'])].all()
 
 
-def test_d4rl_timeouts_are_not_terminals_and_cut_steps_are_dropped(tmp_path):
-  obs, actions, rewards = numbered_steps(8)
-  # Episode A: rows 0-2, time-out at 2. B: rows 3-5, terminal at 5. C: 6-7.
+def three_episode_flags():
+  """8 rows: A = 0-2 ending in a time-out, B = 3-5 in a terminal, C = 6-7."""
   terminals = np.zeros(8, bool)
   terminals[5] = True
   timeouts = np.zeros(8, bool)
   timeouts[2] = True
+  return terminals, timeouts
+
+
+def test_d4rl_timeouts_are_not_terminals_and_cut_steps_are_dropped(tmp_path):
+  obs, actions, rewards = numbered_steps(8)
+  # Episode A: rows 0-2, time-out at 2. B: rows 3-5, terminal at 5. C: 6-7.
+  terminals, timeouts = three_episode_flags()
   path = write_hdf5(tmp_path / 'd.hdf5', dict(
       observations=obs, actions=actions, rewards=rewards, terminals=terminals,
       timeouts=timeouts))
@@ -117,10 +123,7 @@ def test_d4rl_next_observations_keep_every_row(tmp_path):
   next_obs = obs + np.array([1, 0, 0], np.float32)
   next_obs[2, 0] = 100.0  # The real s' at the time-out, not row 3.
   next_obs[5, 0] = 200.0
-  terminals = np.zeros(8, bool)
-  terminals[5] = True
-  timeouts = np.zeros(8, bool)
-  timeouts[2] = True
+  terminals, timeouts = three_episode_flags()
   path = write_hdf5(tmp_path / 'd.hdf5', dict(
       observations=obs, actions=actions, rewards=rewards, terminals=terminals,
       timeouts=timeouts, next_observations=next_obs))

@@ -55,7 +55,8 @@ def finetune_args(dataset, online_steps):
   return ['launch/run_finetune.py', '--env=pen-binary-v0',
           f'--dataset={dataset}', f'--offline_steps={OFFLINE_STEPS}',
           f'--online_steps={online_steps}', f'--num_actors={NUM_ACTORS}',
-          '--eval_every=200', '--eval_episodes=1', '--batch_size=64']
+          '--eval_every=200', '--eval_episodes=1', '--batch_size=64',
+          '--log_every=1']  # Rows in every phase, however short.
 
 
 @pytest.fixture(scope='module')
