@@ -200,19 +200,14 @@ def mix_batches(key: jax.Array, offline: Transitions, online: Transitions,
 
 
 def transitions_from_replay(data, reward_transform: RewardTransform):
-  """Reverb transitions -> `Transitions`, with the offline reward transform.
-
-  `data` is Acme's `types.Transition` or the tuple (observation, action,
-  reward, discount, next_observation).
-  """
-  observation, action, reward, discount, next_observation = tuple(data)[:5]
+  """Acme `types.Transition` from Reverb -> `Transitions`, same reward transform."""
   return Transitions(
-      observations=jnp.asarray(observation, jnp.float32),
-      actions=jnp.asarray(action, jnp.float32),
-      rewards=reward_transform(jnp.asarray(reward, jnp.float32)),
-      discounts=jnp.asarray(discount, jnp.float32),
-      next_observations=jnp.asarray(next_observation, jnp.float32),
-      episode_ends=jnp.zeros(np.shape(reward), bool))
+      observations=jnp.asarray(data.observation, jnp.float32),
+      actions=jnp.asarray(data.action, jnp.float32),
+      rewards=reward_transform(jnp.asarray(data.reward, jnp.float32)),
+      discounts=jnp.asarray(data.discount, jnp.float32),
+      next_observations=jnp.asarray(data.next_observation, jnp.float32),
+      episode_ends=jnp.zeros(np.shape(data.reward), bool))
 
 
 def _mean_metrics(stacked: Metrics) -> Metrics:
@@ -314,21 +309,18 @@ class IQLLearner(acme.Learner):
         raise RuntimeError('offline phase done and no replay iterator was '
                            'given; pass replay_iterator for online training')
       sample = next(self._replay_iterator)
-      replay_data = (sample.data.observation, sample.data.action,
-                     sample.data.reward, sample.data.discount,
-                     sample.data.next_observation)
-      num, remainder = divmod(len(sample.data.reward),
-                              self._config.batch_size)
+      rows = len(sample.data.reward)
+      num, remainder = divmod(rows, self._config.batch_size)
       if num == 0 or remainder:
         raise ValueError(
             f'replay batches must hold a multiple of batch_size='
-            f'{self._config.batch_size} rows, got {len(sample.data.reward)}; '
+            f'{self._config.batch_size} rows, got {rows}; '
             'build the iterator with IQLBuilder.make_dataset_iterator')
       n_online = float(np.max(sample.info.table_size))
       online_prob = n_online / (n_online + self._num_offline)
       with self._lock:
         self._state, metrics = self._online_steps(
-            self._state, self._offline_data, replay_data, online_prob)
+            self._state, self._offline_data, sample.data, online_prob)
         self._steps += num
       phase = 'online'
       metrics = {**metrics, 'replay_size': n_online}

@@ -54,7 +54,7 @@ class RunConfig:
   log_every_s: float = 10.0
 
 
-def stop_program_on_failure(workdir: str, node: str, body, *args):
+def stop_program_on_failure(workdir: str, node: str, body):
   """Runs a node's loop; a failure stops the whole program and is recorded.
 
   Launchpad's local launchers leave the other nodes running when one fails;
@@ -62,7 +62,7 @@ def stop_program_on_failure(workdir: str, node: str, body, *args):
   The launcher turns the record into its exit code.
   """
   try:
-    return body(*args)
+    return body()
   except Exception as e:  # pylint: disable=broad-except
     logging.exception('%s failed; stopping the program', node)
     with open(os.path.join(workdir, FAILURE_FILE), 'a') as f:

@@ -50,12 +50,8 @@ def resolve_dataset_source(env_name: str, dataset: Optional[str]) -> str:
 
 def make_offline_dataset_fn(env_name: str, dataset: Optional[str],
                             obs_dim: int, act_dim: int):
-  """A picklable loader for the learner node, checked up front."""
+  """A picklable loader for the learner node (the dataset loads inside it)."""
   source = resolve_dataset_source(env_name, dataset)
-  if os.sep in source or os.path.exists(source):
-    if not os.path.exists(source.split(',')[0]):
-      raise ValueError(f'dataset {source} does not exist; pass --dataset with '
-                       'an existing file or directory')
   return functools.partial(load_offline_dataset, source,
                            envs.domain_of(env_name), obs_dim, act_dim)
 
