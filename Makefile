@@ -8,11 +8,20 @@ SITE := $(VENV)/lib/python3.10/site-packages
 STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 TEST_ARGS ?=
+# The IQL core on the newest JAX (no 2022 stack): its own venv, default python3.
+CORE_VENV := .venv-core
+CORE_PY := $(CORE_VENV)/bin/python
+CORE_STAMP := $(CORE_VENV)/.installed
+CORE_TESTS := tests/core
+# GPU=1: install the JAX CUDA 12 plugin (requirements-gpu.txt) into .venv;
+# the learner then runs on the GPU, every other node on CPU (iql_acme/placement.py).
+GPU ?=
+GPU_STAMP := $(VENV)/.gpu-installed
 export D4RL_SUPPRESS_IMPORT_ERROR := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export MUJOCO_GL := egl
 
-.PHONY: run test bench toy venv clean
+.PHONY: run test bench bench-core toy venv venv-core gpu clean
 
 venv: $(STAMP)
 
@@ -37,17 +46,47 @@ $(STAMP): requirements.txt
 	echo "import iql_acme" > $(SITE)/zz_iql_acme_compat.pth
 	touch $(STAMP)
 
-run: $(STAMP)
-	$(PY) launch/run_finetune.py $(RUN_ARGS)
+# Core venv: any python3 >= 3.11 (current jax needs it); unpinned, newest.
+venv-core: $(CORE_STAMP)
 
-test: $(STAMP)
+$(CORE_STAMP): requirements-core.txt
+	@py="$$(command -v python3)"; \
+	  "$$py" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' || { echo "error: $(CORE_VENV) needs python3 >= 3.11, found $$("$$py" --version)" >&2; exit 1; }; \
+	  [ -x $(CORE_PY) ] || { echo "creating $(CORE_VENV) with $$py"; "$$py" -m venv $(CORE_VENV); }
+	$(CORE_PY) -m pip install -q --upgrade -r requirements-core.txt 2>&1 | grep -v "^WARNING: Location" ; test $${PIPESTATUS[0]} -eq 0
+	touch $(CORE_STAMP)
+
+gpu: $(GPU_STAMP)
+
+$(GPU_STAMP): $(STAMP) requirements-gpu.txt
+	$(PY) -m pip install -q -r requirements-gpu.txt 2>&1 | grep -v "^WARNING: Location" ; test $${PIPESTATUS[0]} -eq 0
+	touch $(GPU_STAMP)
+
+run: $(STAMP) $(if $(GPU),$(GPU_STAMP))
+	$(PY) launch/run_finetune.py --lp_launch_type=local_mp $(RUN_ARGS)
+
+# The whole suite in .venv (tests/core included), then the core tests again
+# on the newest JAX in .venv-core (without tests/conftest.py, which imports
+# the environments).
+test: $(STAMP) $(CORE_STAMP)
 	$(PY) -m pytest -q tests $(TEST_ARGS)
+	$(CORE_PY) -m pytest -q $(CORE_TESTS) --confcutdir=$(CORE_TESTS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_learner.py --repeats 7 --updates 1000
 
+bench-core: $(CORE_STAMP)
+	$(CORE_PY) benchmarks/bench_learner.py --repeats 7 --updates 1000
+
 toy: $(STAMP)
 	$(PY) experiments/toy_umaze.py --out out/toy_umaze
 
+# A larger pen-binary-v0 stand-in (more noisy BC rollouts) in out/, made with
+# the committed assets' demonstrator settings; reuses out/pen_standin's cache.
+.PHONY: pen-data
+PEN_DATA_ARGS ?= --num_demos 25 --dagger_rounds 2 --dagger_episodes 15 --num_bc_episodes 2000 --seed 0
+pen-data: $(STAMP)
+	$(PY) experiments/make_pen_demos.py --out out/pen-binary-v0 $(PEN_DATA_ARGS)
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(CORE_VENV)

@@ -1,14 +1,22 @@
 """Learner throughput: IQL gradient updates per second, pen-sized networks.
 
-Networks as in the paper (2x256 ReLU MLPs), observation 45 and action 24
-(pen), batch 256, a 100k-transition synthetic dataset. Three variants run in
-the same process, interleaved, each repeat timed after its own warm-up
-(compilation excluded); the median over repeats is reported:
+Imports only the IQL core (jax, flax, optax, numpy; no Acme, Reverb or
+TensorFlow), so it runs on any JAX, e.g. current JAX on a GPU machine.
 
-  scan     `IQLLearner.step()` with offline_steps_per_call = 100: sampling and
-           100 updates in one jitted `lax.scan` call.
-  single   `IQLLearner.step()` with offline_steps_per_call = 1: one update and
-           one host round trip (metrics) per call.
+Networks as in the paper (2x256 ReLU MLPs), observation 45 and action 24
+(pen), batch 256, a 100k-transition synthetic dataset on device. The
+variants run in the same process, interleaved, each repeat timed after its own
+warm-up (compilation excluded); the median over repeats is reported:
+
+  scan     `training.make_offline_steps` (what `IQLLearner` runs offline):
+           sampling and 100 updates in one jitted `lax.scan` call.
+  single   the same with one update per call and the metrics fetched to the
+           host after each (as `IQLLearner.step()` does for its logger).
+  vmap_N   N independent seeds in one jitted call (`make_multi_seed_steps`:
+           `jax.vmap` over the stacked states, 100 updates per call, one
+           shared dataset), as `experiments/train_offline.py --seeds` runs
+           them. Reported as seed-updates/s (N x updates/s of each seed), the
+           per-seed rate, and the seed-updates/s ratio to `scan`.
   original the structure of the original JAX IQL code (ikostrikov/
            implicit_q_learning): numpy batch sampling on the host, one jitted
            update per call, twin Q as two separate MLPs, the target critic
@@ -48,27 +56,34 @@ XLA's CPU defaults (jaxlib 0.4.30 sends matmuls of at least 2^23
 multiply-adds to oneDNN, smaller ones to Eigen).
 
 Usage: python benchmarks/bench_learner.py [--repeats 7] [--updates 200]
+                                         [--seeds 1,4,16] [--no_original]
 The last line printed is a JSON object with the figures.
 """
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 from typing import Callable, Dict, Sequence
 
-from acme import specs
-from acme.utils import loggers
+# The repository root, for `python benchmarks/bench_learner.py` in a venv
+# that has no .pth for it (e.g. .venv-core, or a fresh GPU machine).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from iql_acme import learning
 from iql_acme import networks as iql_networks
+from iql_acme import training
 from iql_acme.config import IQLConfig
 from iql_acme.types import Transitions
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 OBS_DIM = 45           # pen
 ACT_DIM = 24
@@ -79,6 +94,7 @@ SCAN_STEPS = 100       # updates per jitted call of the scan variant
 DEFAULT_REPEATS = 7
 DEFAULT_UPDATES = 200  # updates per timed repeat (a multiple of SCAN_STEPS)
 WARMUP_UPDATES = 200
+DEFAULT_SEED_COUNTS = '1,4,16'  # vmapped seeds per variant
 
 
 def dense_macs(dims: Sequence[int]) -> Dict[str, int]:
@@ -116,26 +132,50 @@ def synthetic_dataset(seed: int = 0, size: int = DATASET_SIZE) -> Transitions:
       episode_ends=np.zeros(size, bool))
 
 
-def pen_spec() -> specs.EnvironmentSpec:
-  return specs.EnvironmentSpec(
-      observations=specs.Array((OBS_DIM,), np.float32),
-      actions=specs.BoundedArray((ACT_DIM,), np.float32, -1.0, 1.0),
-      rewards=specs.Array((), np.float32),
-      discounts=specs.BoundedArray((), np.float32, 0.0, 1.0))
+def _config() -> IQLConfig:
+  return IQLConfig(hidden_dims=HIDDEN_DIMS, batch_size=BATCH_SIZE,
+                   offline_steps=10**9)
 
 
-def make_learner_runner(data: Transitions, steps_per_call: int, seed: int = 0):
-  """`run(n)` does n updates through `IQLLearner.step()` and waits for them."""
-  config = IQLConfig(hidden_dims=HIDDEN_DIMS, batch_size=BATCH_SIZE,
-                     offline_steps=10**9, offline_steps_per_call=steps_per_call)
-  learner = learning.IQLLearner(
-      iql_networks.make_networks(pen_spec(), config), config,
-      jax.random.PRNGKey(seed), data, logger=loggers.NoOpLogger())
+def _networks(config: IQLConfig):
+  return iql_networks.make_networks(
+      iql_networks.spec_from_dims(OBS_DIM, ACT_DIM), config)
+
+
+def make_scan_runner(data: Transitions, steps_per_call: int, seed: int = 0):
+  """`run(n)`: n updates of one seed, `steps_per_call` per jitted call.
+
+  Metrics go to the host after every call, as the learner's logger takes
+  them (with 100 updates per call that is negligible; with 1 it is not).
+  """
+  config = _config()
+  networks, optimizers = _networks(config), training.make_optimizers(config)
+  steps = training.jit_offline_steps(
+      training.make_offline_steps(networks, config, optimizers))
+  state = [training.init_training_state(networks, optimizers,
+                                        jax.random.PRNGKey(seed))]
 
   def run(num_updates: int):
     for _ in range(num_updates // steps_per_call):
-      learner.step()
-    jax.block_until_ready(learner.state)
+      state[0], metrics = steps(state[0], data, steps_per_call)
+      jax.device_get(metrics)
+    jax.block_until_ready(state[0])
+  return run
+
+
+def make_vmap_runner(data: Transitions, num_seeds: int):
+  """`run(n)`: n updates of each of `num_seeds` seeds, vmapped in one call."""
+  config = _config()
+  networks, optimizers = _networks(config), training.make_optimizers(config)
+  steps = training.make_multi_seed_steps(networks, config, optimizers)
+  states = [training.init_training_states(
+      networks, optimizers, training.seed_keys(range(num_seeds)))]
+
+  def run(num_updates: int):
+    for _ in range(num_updates // SCAN_STEPS):
+      states[0], metrics = steps(states[0], data, SCAN_STEPS)
+      jax.device_get(metrics)
+    jax.block_until_ready(states[0])
   return run
 
 
@@ -268,37 +308,69 @@ def measure(runners: Dict[str, Callable[[int], None]], repeats: int,
   return {name: statistics.median(v) for name, v in rates.items()}
 
 
+def parse_seed_counts(text: str):
+  counts = [int(n) for n in text.split(',') if n.strip()]
+  if not counts or min(counts) <= 0:
+    raise argparse.ArgumentTypeError(f'positive seed counts, got {text!r}')
+  return counts
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=DEFAULT_REPEATS)
   parser.add_argument('--updates', type=int, default=DEFAULT_UPDATES,
                       help='updates per timed repeat (multiple of 100)')
+  parser.add_argument('--seeds', type=parse_seed_counts,
+                      default=parse_seed_counts(DEFAULT_SEED_COUNTS),
+                      help='seed counts of the vmapped variants')
+  parser.add_argument('--no_original', action='store_true',
+                      help="skip the original code's structure (baseline)")
   args = parser.parse_args()
   updates = max(SCAN_STEPS, args.updates // SCAN_STEPS * SCAN_STEPS)
 
-  data = synthetic_dataset()
-  runners = {'scan': make_learner_runner(data, SCAN_STEPS),
-             'single': make_learner_runner(data, 1),
-             'original': make_original_runner(data)}
-  rates = measure(runners, args.repeats, updates)
+  data = training.device_dataset(synthetic_dataset())
+  runners = {'scan': make_scan_runner(data, SCAN_STEPS),
+             'single': make_scan_runner(data, 1)}
+  seeds_of = {'scan': 1, 'single': 1}
+  for n in args.seeds:
+    runners[f'vmap_{n}'] = make_vmap_runner(data, n)
+    seeds_of[f'vmap_{n}'] = n
+  if not args.no_original:
+    runners['original'] = make_original_runner(synthetic_dataset())
+    seeds_of['original'] = 1
+  rates = measure(runners, args.repeats, updates)  # Updates/s of each seed.
+  seed_rates = {name: rate * seeds_of[name] for name, rate in rates.items()}
   gflop = update_flops() / 1e9
-  print(f'devices: {jax.devices()}  batch {BATCH_SIZE}, obs {OBS_DIM}, '
-        f'action {ACT_DIM}, hidden {HIDDEN_DIMS}')
+  print(f'devices: {jax.devices()}  jax {jax.__version__}  batch '
+        f'{BATCH_SIZE}, obs {OBS_DIM}, action {ACT_DIM}, hidden {HIDDEN_DIMS}')
   for name, rate in rates.items():
-    print(f'{name:>8}: {rate:7.1f} updates/s  {rate * gflop:6.1f} GFLOP/s')
-  print(f'analytic cost: {gflop:.4f} GFLOP per update; speed-up over the '
-        f'original structure: scan x{rates["scan"] / rates["original"]:.2f}, '
-        f'single x{rates["single"] / rates["original"]:.2f}')
-  print(json.dumps({
+    print(f'{name:>8}: {seed_rates[name]:8.1f} seed-updates/s '
+          f'({seeds_of[name]:2d} seeds x {rate:7.1f} updates/s)  '
+          f'x{seed_rates[name] / rates["scan"]:5.2f} vs scan  '
+          f'{seed_rates[name] * gflop:6.1f} GFLOP/s')
+  print(f'analytic cost: {gflop:.4f} GFLOP per update'
+        + ('' if args.no_original else
+           f'; speed-up over the original structure: scan '
+           f'x{rates["scan"] / rates["original"]:.2f}, single '
+           f'x{rates["single"] / rates["original"]:.2f}'))
+  result = {
       'updates_per_s': round(rates['scan'], 2),
       'updates_per_s_single': round(rates['single'], 2),
-      'updates_per_s_original': round(rates['original'], 2),
-      'speedup_vs_original': round(rates['scan'] / rates['original'], 3),
+      'vmap': {str(seeds_of[name]): {
+          'seed_updates_per_s': round(seed_rates[name], 2),
+          'updates_per_s_per_seed': round(rates[name], 2),
+          'ratio_vs_scan': round(seed_rates[name] / rates['scan'], 3)}
+               for name in rates if name.startswith('vmap_')},
       'gflop_per_update': round(gflop, 4),
       'gflop_per_s': round(rates['scan'] * gflop, 2),
       'scan_steps_per_call': SCAN_STEPS, 'batch_size': BATCH_SIZE,
       'repeats': args.repeats, 'updates_per_repeat': updates,
-      'backend': jax.default_backend()}))
+      'backend': jax.default_backend(), 'jax_version': jax.__version__,
+  }
+  if not args.no_original:
+    result['updates_per_s_original'] = round(rates['original'], 2)
+    result['speedup_vs_original'] = round(rates['scan'] / rates['original'], 3)
+  print(json.dumps(result))
 
 
 if __name__ == '__main__':

@@ -6,13 +6,30 @@ holds for more than 20 of the 100 steps; "BC rollouts" come from a small MLP
 fitted to those demos and rolled out with Gaussian action noise, as AWAC made
 `pen_bc_sparse4.npy` (25 demos + 5000 BC episodes there; far fewer here).
 
-  python experiments/make_pen_demos.py --out iql_acme/data/assets/pen-binary-v0 \
-      --num_demos 25 --num_bc_episodes 50 --seed 0
+Pipeline:
+  1. planner episodes (smoothed MPPI: knot noise, action-change cost, filtered
+     execution; `mppi.MPPIConfig`) until --num_demos succeed;
+  2. BC (2x256 MLP) on the demos, then --dagger_rounds DAgger rounds: the BC
+     policy acts, the planner labels every visited state, BC is refitted on
+     demos + labels; after each fit BC is scored noise-free on
+     --num_eval_episodes fresh targets (the gate);
+  3. only if the last BC passes the gate (--gate), noisy BC rollouts
+     (noise std cycled through --bc_noise_stds) are written.
 
-Writes `pen2_sparse.npy`, `pen_bc_sparse4.npy` and `meta.json` to --out, and
-per-episode CSVs plus a PNG of the demonstrator's success by target angle to
---work_dir. Every planner episode is cached in --work_dir as it finishes, so
-an interrupted run resumes where it stopped.
+  python experiments/make_pen_demos.py --out out/pen_try/final --num_demos 15 \
+      --dagger_rounds 3 --dagger_episodes 10 --num_bc_episodes 400 --seed 0
+
+The committed assets (iql_acme/data/assets/pen-binary-v0) were made before
+the smoothing and DAgger options existed; the old demonstrator is
+  --noise_std 0.25 --num_threads 2 --noise_knot_every 1
+  --action_change_cost 0 --action_filter 0 --dagger_rounds 0 --gate 0
+  --bc_noise_stds 0.05,0.1,0.2 --num_demos 25 --num_bc_episodes 50
+
+Writes `pen2_sparse.npy`, `pen_bc_sparse4.npy` (if the gate passes) and
+`meta.json` to --out, and per-episode CSVs plus a PNG of the demonstrator's
+success by target angle to --work_dir. Every planner and DAgger episode is
+cached in --work_dir as it finishes, so an interrupted run resumes where it
+stopped; given --seed the output is deterministic.
 """
 
 import argparse
@@ -40,13 +57,17 @@ DEMO_FILE = 'pen2_sparse.npy'
 BC_FILE = 'pen_bc_sparse4.npy'
 META_FILE = 'meta.json'
 BC_SEED_OFFSET = 1_000_000   # BC rollouts use env seeds disjoint from demos'
+EVAL_SEED_OFFSET = 2_000_000  # fresh targets for the BC success gate
+DAGGER_SEED_OFFSET = 3_000_000
 ANGLE_BIN_EDGES = (0, 60, 90, 120, 180)  # degrees, initial vs target pen axis
 
 # The demonstrator used for the committed data (chosen on a few episodes:
 # 2 planning substeps per env step halve the cost of a rollout and let it
 # afford 128 samples; a 20-step horizon helps the flips).
-DEFAULT_MPPI = mppi.MPPIConfig(num_samples=128, horizon=20, noise_std=0.25,
-                               temperature=0.1, num_threads=2, plan_substeps=2)
+DEFAULT_MPPI = mppi.MPPIConfig(num_samples=128, horizon=20, noise_std=0.3,
+                               temperature=0.1, num_threads=1, plan_substeps=2,
+                               noise_knot_every=3, action_change_cost=0.02,
+                               action_filter=0.2)
 DEFAULT_COST = mppi.PenCostConfig(position=20.0)
 
 
@@ -59,12 +80,21 @@ def parse_args(argv=None):
                       help='successful demos to collect')
   parser.add_argument('--max_episodes', type=int, default=None,
                       help='cap on planner episodes (default 3 x num_demos)')
-  parser.add_argument('--max_minutes', type=float, default=15.0,
+  parser.add_argument('--max_minutes', type=float, default=120.0,
                       help='wall-time budget of the planner phase')
   parser.add_argument('--num_bc_episodes', type=int, default=50)
-  parser.add_argument('--bc_noise_stds', default='0.05,0.1,0.2',
+  parser.add_argument('--bc_noise_stds', default='0.1,0.2,0.3,0.5',
                       help='Gaussian action noise of BC rollouts, cycled')
   parser.add_argument('--bc_steps', type=int, default=bc.BCConfig.num_steps)
+  parser.add_argument('--dagger_rounds', type=int, default=2,
+                      help='rounds in which the planner labels the states '
+                      'the BC policy visits (0: BC on the demos alone)')
+  parser.add_argument('--dagger_episodes', type=int, default=15,
+                      help='BC episodes labelled per DAgger round')
+  parser.add_argument('--num_eval_episodes', type=int, default=50,
+                      help='fresh-target episodes of the BC success gate')
+  parser.add_argument('--gate', type=float, default=0.5,
+                      help='BC success needed before BC rollouts are made')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--num_samples', type=int,
                       default=DEFAULT_MPPI.num_samples)
@@ -75,6 +105,12 @@ def parse_args(argv=None):
                       default=DEFAULT_MPPI.plan_substeps)
   parser.add_argument('--num_threads', type=int,
                       default=DEFAULT_MPPI.num_threads)
+  parser.add_argument('--noise_knot_every', type=int,
+                      default=DEFAULT_MPPI.noise_knot_every)
+  parser.add_argument('--action_change_cost', type=float,
+                      default=DEFAULT_MPPI.action_change_cost)
+  parser.add_argument('--action_filter', type=float,
+                      default=DEFAULT_MPPI.action_filter)
   return parser.parse_args(argv)
 
 
@@ -164,37 +200,174 @@ def collect_demos(args, mppi_config, cost_config):
                          f'{episode["held"]}held/'
                          f'{float(episode["wall_seconds"]):.0f}s')
   progress.close()
-  return episodes
+  return episodes, cache
+
+
+def action_smoothness(action_sequences) -> dict:
+  """Mean |a_t - a_{t-1}| and mean lag-1 autocorrelation of the actions.
+
+  Both are averaged over episodes and action dimensions; the autocorrelation
+  of one dimension in one episode is sum_t x_t x_{t-1} / sum_t x_t^2 with x
+  the actions minus their episode mean (dimensions that never move are left
+  out). Normalised action units ([-1, 1]).
+  """
+  changes, correlations = [], []
+  for actions in action_sequences:
+    actions = np.asarray(actions, np.float64)
+    if len(actions) < 2:
+      continue
+    changes.append(np.abs(np.diff(actions, axis=0)).mean())
+    centred = actions - actions.mean(0)
+    power = np.sum(centred ** 2, axis=0)
+    moving = power > 1e-12
+    correlations.extend(np.sum(centred[1:] * centred[:-1], axis=0)[moving] /
+                        power[moving])
+  return {'mean_abs_action_change': (float(np.mean(changes)) if changes
+                                     else None),
+          'lag1_autocorrelation': (float(np.mean(correlations))
+                                   if correlations else None)}
+
+
+def make_planner(env, episode_seed, mppi_config, cost_config):
+  """A planner for the target the env has just sampled (call after reset)."""
+  unwrapped = env.unwrapped
+  cost = mppi.PenTrajectoryCost(unwrapped.model, cost_config)
+  return mppi.MPPIPlanner(unwrapped.model, cost, unwrapped.act_mean,
+                          unwrapped.act_rng, unwrapped.frame_skip,
+                          mppi_config, seed=episode_seed)
+
+
+def run_policy_episode(env, episode_seed: int, policy, noise_std: float = 0.0,
+                       rng=None, labeler=None, stop_on_drop: bool = False):
+  """One episode of `policy` (+ Gaussian action noise).
+
+  With `labeler` (a fresh planner for this episode's target) the planner
+  also picks its own action at every visited state, told what was executed
+  before (DAgger's relabelling); these are returned as `labels`.
+  """
+  observation, _ = env.reset(seed=episode_seed)
+  threshold = envs.success_steps_threshold(ENV_NAME)
+  observations, actions, achieved, labels = [observation], [], [], []
+  previous = None
+  for _ in range(envs.max_episode_steps(ENV_NAME)):
+    if labeler is not None:
+      labels.append(labeler(env).act(env.unwrapped.data, previous))
+    action = policy(observation)
+    if noise_std:
+      action = action + rng.normal(0.0, noise_std, action.shape)
+    action = np.clip(action, -1.0, 1.0)
+    observation, _, _, truncated, info = env.step(action)
+    observations.append(observation)
+    actions.append(action)
+    achieved.append(info['goal_achieved'])
+    previous = action
+    if (stop_on_drop and observation[26] < mppi.DROP_HEIGHT and
+        sum(achieved) <= threshold):
+      break
+  return {'observations': np.array(observations, np.float32),
+          'actions': np.array(actions, np.float32),
+          'labels': np.array(labels, np.float32).reshape(-1, len(action)),
+          'goal_achieved': np.array(achieved, bool),
+          'truncated': bool(truncated),
+          'target_angle': target_angle_degrees(observations[0])}
+
+
+def evaluate_policy(env, policy, seeds) -> dict:
+  """Noise-free success rate (with its standard error) over `seeds`."""
+  episodes = [run_policy_episode(env, seed, policy) for seed in seeds]
+  success = np.array([envs.episode_success(ENV_NAME, e['goal_achieved'])
+                      for e in episodes], float)
+  p, n = float(success.mean()), len(success)
+  return {'episodes': n, 'success_rate': p,
+          'standard_error': float(np.sqrt(p * (1 - p) / n)),
+          'mean_steps_achieved': float(np.mean(
+              [e['goal_achieved'].sum() for e in episodes])),
+          'smoothness': action_smoothness([e['actions'] for e in episodes])}
+
+
+def dagger(args, env, demos, mppi_config, cost_config, bc_config, cache,
+           eval_seeds, log=print):
+  """Fits BC on the demos, then DAgger rounds; returns (params, history).
+
+  Round r rolls out the current BC policy (noise-free) from env seeds
+  DAGGER_SEED_OFFSET + 1000 r + j; the planner, run alongside, labels every
+  visited state with its own action, and BC is refitted on demos + labels.
+  Each round's episodes are cached (the pipeline is deterministic).
+  """
+  observations = [e['observations'][:-1] for e in demos]
+  labels = [e['actions'] for e in demos]
+  history = []
+  params = None
+  for round_index in range(args.dagger_rounds + 1):
+    if round_index:
+      policy = bc.bc_policy(params)
+      for j in tqdm(range(args.dagger_episodes), desc=f'dagger {round_index}',
+                    unit='ep', file=sys.stdout, dynamic_ncols=True):
+        seed = args.seed + DAGGER_SEED_OFFSET + 1000 * round_index + j
+        file = os.path.join(cache, f'dagger_{round_index}_{j:04d}.npz')
+        if os.path.exists(file):
+          with np.load(file) as cached:
+            episode = {key: cached[key] for key in cached.files}
+        else:
+          planners = {}
+          def labeler(env, seed=seed, planners=planners):
+            if 'p' not in planners:
+              planners['p'] = make_planner(env, seed, mppi_config,
+                                           cost_config)
+            return planners['p']
+          episode = run_policy_episode(env, seed, policy, labeler=labeler,
+                                       stop_on_drop=True)
+          save_npz_atomically(file, observations=episode['observations'],
+                              actions=episode['actions'],
+                              labels=episode['labels'],
+                              goal_achieved=episode['goal_achieved'])
+        observations.append(episode['observations'][:-1])
+        labels.append(episode['labels'])
+    inputs, targets = np.concatenate(observations), np.concatenate(labels)
+    params = bc.fit_bc(inputs, targets, bc_config, seed=args.seed,
+                       log_fn=lambda _: None)
+    result = evaluate_policy(env, bc.bc_policy(params), eval_seeds)
+    result['round'] = round_index
+    result['training_transitions'] = int(len(targets))
+    # How much of the labels' variance the fitted policy explains: a low
+    # value means labels that no function of the observation reproduces.
+    residual = np.mean(np.square(bc.bc_policy(params)(inputs) -
+                                 np.clip(targets, -1.0, 1.0)))
+    result['train_mse'] = float(residual)
+    variance = float(np.mean(np.var(np.clip(targets, -1.0, 1.0), axis=0)))
+    result['train_r2'] = (float(1.0 - residual / variance) if variance > 0
+                          else None)
+    np.savez(os.path.join(cache, f'bc_params_round{round_index}.npz'),
+             **params)
+    history.append(result)
+    log(f'BC after DAgger round {round_index} '
+        f'({result["training_transitions"]} labelled states): success '
+        f'{result["success_rate"]:.2f} +- {result["standard_error"]:.2f} '
+        f'over {result["episodes"]} fresh episodes')
+  return params, history
 
 
 def rollout_bc(env, policy, num_episodes: int, noise_stds, seed: int):
-  """Noisy BC rollouts: (paths, per-episode rows for the CSV)."""
+  """Noisy BC rollouts: (paths, per-episode rows for the CSV, actions)."""
   rng = np.random.default_rng(seed)
-  steps = envs.max_episode_steps(ENV_NAME)
   threshold = envs.success_steps_threshold(ENV_NAME)
-  paths, rows = [], []
+  paths, rows, action_sequences = [], [], []
   for index in tqdm(range(num_episodes), desc='bc rollouts', unit='ep',
                     file=sys.stdout, dynamic_ncols=True):
     noise_std = noise_stds[index % len(noise_stds)]
-    observation, _ = env.reset(seed=seed + BC_SEED_OFFSET + index)
-    observations, actions, achieved = [observation], [], []
-    for _ in range(steps):
-      action = policy(observation) + rng.normal(0.0, noise_std,
-                                                env.action_space.shape)
-      action = np.clip(action, -1.0, 1.0)
-      observation, _, _, truncated, info = env.step(action)
-      observations.append(observation)
-      actions.append(action)
-      achieved.append(info['goal_achieved'])
-    observations = np.array(observations, np.float32)
+    episode = run_policy_episode(env, seed + BC_SEED_OFFSET + index, policy,
+                                 noise_std, rng)
+    observations, achieved = episode['observations'], episode['goal_achieved']
     paths.append(awac_format.bc_path(
-        observations[:-1], np.array(actions), observations[1:], achieved,
-        mppi.pen_dense_reward_from_obs(observations[1:]), truncated=truncated))
+        observations[:-1], episode['actions'], observations[1:], achieved,
+        mppi.pen_dense_reward_from_obs(observations[1:]),
+        truncated=episode['truncated']))
+    action_sequences.append(episode['actions'])
     rows.append({'index': index, 'noise_std': noise_std,
-                 'target_angle': target_angle_degrees(observations[0]),
+                 'target_angle': episode['target_angle'],
                  'held': int(sum(achieved)),
                  'success': int(sum(achieved) > threshold)})
-  return paths, rows
+  return paths, rows, action_sequences
 
 
 def by_angle(angles, successes):
@@ -259,11 +432,13 @@ def main(argv=None):
   mppi_config = dataclasses.replace(
       DEFAULT_MPPI, num_samples=args.num_samples, horizon=args.horizon,
       noise_std=args.noise_std, plan_substeps=args.plan_substeps,
-      num_threads=args.num_threads)
+      num_threads=args.num_threads, noise_knot_every=args.noise_knot_every,
+      action_change_cost=args.action_change_cost,
+      action_filter=args.action_filter)
   cost_config = DEFAULT_COST
   start = time.time()
 
-  episodes = collect_demos(args, mppi_config, cost_config)
+  episodes, cache = collect_demos(args, mppi_config, cost_config)
   planner_seconds = time.time() - start
   demos = [e for e in episodes if e['success']][:args.num_demos]
   if not demos:
@@ -279,15 +454,31 @@ def main(argv=None):
       'wall_seconds': float(e['wall_seconds'])} for e in episodes]
   write_csv(os.path.join(args.work_dir, 'planner_episodes.csv'), planner_rows)
 
-  bc_start = time.time()
-  demo_obs = np.concatenate([e['observations'][:-1] for e in demos])
-  demo_actions = np.concatenate([e['actions'] for e in demos])
+  # BC on the demos, then DAgger rounds, each scored on fresh targets.
+  dagger_start = time.time()
   bc_config = bc.BCConfig(num_steps=args.bc_steps)
-  params = bc.fit_bc(demo_obs, demo_actions, bc_config, seed=args.seed)
-  env = envs.make_gymnasium_env(ENV_NAME, seed=args.seed + BC_SEED_OFFSET)
+  env = envs.make_gymnasium_env(ENV_NAME, seed=args.seed + EVAL_SEED_OFFSET)
+  eval_seeds = [args.seed + EVAL_SEED_OFFSET + j
+                for j in range(args.num_eval_episodes)]
+  bc_key = hashlib.sha1(json.dumps(
+      [dataclasses.asdict(bc_config), len(demos), args.dagger_episodes],
+      sort_keys=True).encode()).hexdigest()[:8]
+  dagger_cache = os.path.join(cache, f'dagger_{args.seed}_{bc_key}')
+  os.makedirs(dagger_cache, exist_ok=True)
+  params, history = dagger(args, env, demos, mppi_config, cost_config,
+                           bc_config, dagger_cache, eval_seeds)
+  dagger_seconds = time.time() - dagger_start
+  gate_passed = history[-1]['success_rate'] >= args.gate
+
+  bc_start = time.time()
   noise_stds = [float(s) for s in args.bc_noise_stds.split(',')]
-  bc_paths, bc_rows = rollout_bc(env, bc.bc_policy(params),
-                                 args.num_bc_episodes, noise_stds, args.seed)
+  bc_paths, bc_rows, bc_actions = [], [], []
+  if gate_passed:
+    bc_paths, bc_rows, bc_actions = rollout_bc(
+        env, bc.bc_policy(params), args.num_bc_episodes, noise_stds, args.seed)
+  else:
+    print(f'BC success {history[-1]["success_rate"]:.2f} is below the gate '
+          f'{args.gate}: no BC rollouts written')
   if bc_paths:
     awac_format.save_paths(os.path.join(args.out, BC_FILE), bc_paths)
     write_csv(os.path.join(args.work_dir, 'bc_episodes.csv'), bc_rows)
@@ -296,20 +487,27 @@ def main(argv=None):
   plot_file = os.path.join(args.work_dir, 'demonstrator_by_angle.png')
   plot_by_angle(plot_file, planner_rows, bc_rows)
   success = [r['success'] for r in planner_rows]
+  sizes = {name: os.path.getsize(os.path.join(args.out, name)) / 2**20
+           for name in (DEMO_FILE, BC_FILE)
+           if os.path.exists(os.path.join(args.out, name))}
   meta = {
       'what': 'GENERATED stand-in for AWAC pen-binary-v0 data; not the '
               'published pen2_sparse.npy / pen_bc_sparse4.npy',
       'command': 'python experiments/make_pen_demos.py ' + ' '.join(
           sys.argv[1:] if argv is None else argv),
       'seed': args.seed,
+      'env_seeds': {'demos': f'{args.seed} + i',
+                    'bc_rollouts': f'{args.seed + BC_SEED_OFFSET} + j',
+                    'bc_gate': f'{args.seed + EVAL_SEED_OFFSET} + j',
+                    'dagger_round_r': f'{args.seed + DAGGER_SEED_OFFSET} + '
+                                      '1000 r + j'},
       'mppi': dataclasses.asdict(mppi_config),
       'cost': dataclasses.asdict(cost_config),
       'planner_episodes': len(planner_rows),
+      'planner_successes': int(np.sum(success)),
       'planner_success_rate': float(np.mean(success)),
       'planner_mean_step_cost': float(np.mean(
           [r['mean_cost'] for r in planner_rows])),
-      'planner_mean_step_cost_successes': float(np.mean(
-          [r['mean_cost'] for r in planner_rows if r['success']])),
       'planner_success_by_target_angle': [
           {'degrees': label, 'episodes': n, 'success_rate': rate}
           for label, n, rate in by_angle(
@@ -318,27 +516,43 @@ def main(argv=None):
           [r['wall_seconds'] for r in planner_rows])),
       'num_demos': len(demos),
       'demo_transitions': int(sum(len(e['actions']) for e in demos)),
+      'demo_smoothness': action_smoothness([e['actions'] for e in demos]),
+      'bc': dataclasses.asdict(bc_config),
+      'bc_gate': {
+          'rule': f'noise-free BC success >= {args.gate} over '
+                  f'{args.num_eval_episodes} fresh targets (success: goal '
+                  'held > 20 of 100 steps)',
+          'bc_on_demos_alone': history[0],
+          'dagger_rounds': args.dagger_rounds,
+          'dagger_episodes_per_round': args.dagger_episodes,
+          'after_each_dagger_round': history[1:],
+          'passed': bool(gate_passed)},
       'num_bc_episodes': len(bc_paths),
       'bc_transitions': int(sum(len(p['actions']) for p in bc_paths)),
-      'bc': dataclasses.asdict(bc_config),
       'bc_noise_stds': noise_stds,
-      'bc_success_rate': (float(np.mean([r['success'] for r in bc_rows]))
-                          if bc_rows else None),
-      'bc_success_rate_by_noise': {
+      'bc_rollout_success_rate': (
+          float(np.mean([r['success'] for r in bc_rows])) if bc_rows
+          else None),
+      'bc_rollout_success_by_noise': {
           str(s): float(np.mean([r['success'] for r in bc_rows
                                  if r['noise_std'] == s]))
           for s in noise_stds if any(r['noise_std'] == s for r in bc_rows)},
+      'bc_rollout_smoothness': (action_smoothness(bc_actions) if bc_actions
+                                else None),
+      'file_megabytes': sizes,
       # Planner time summed over episodes (cached ones included) and this
       # run's wall times (a resumed run skips cached episodes).
       'planner_seconds_total': float(sum(r['wall_seconds']
                                          for r in planner_rows)),
-      'wall_seconds_this_run': {'planner': planner_seconds, 'bc': bc_seconds},
+      'wall_seconds_this_run': {'planner': planner_seconds,
+                                'bc_and_dagger': dagger_seconds,
+                                'bc_rollouts': bc_seconds},
   }
   with open(os.path.join(args.out, META_FILE), 'w') as f:
     json.dump(meta, f, indent=2)
   print(json.dumps(meta, indent=2))
-  print(f'wrote {args.out}/{{{DEMO_FILE},{BC_FILE},{META_FILE}}} and '
-        f'{plot_file}')
+  written = [DEMO_FILE] + ([BC_FILE] if bc_paths else []) + [META_FILE]
+  print(f'wrote {", ".join(written)} to {args.out} and {plot_file}')
 
 
 if __name__ == '__main__':

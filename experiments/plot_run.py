@@ -34,6 +34,10 @@ ACTOR_GLOB = 'logs/actor*.csv'  # actor_0.csv, actor_1.csv, ...
 # Actor CSV columns drawn against each actor's own steps.
 ACTOR_PANELS = (('mean_return_last10', 'training return (last 10 episodes)'),
                 ('update_to_env_step_ratio', 'updates : env steps'))
+# Actor CSV columns that only mean something once an episode has ended.
+EPISODE_KEYS = ('mean_return_last10',)
+# Standard-error column of each score column (evaluation.EVAL_CSV_FIELDS).
+SE_SUFFIX = '_se'
 OFFLINE_PHASES = ('offline', 'offline_end')
 ONLINE_PHASES = ('online', 'final')
 CRITIC_LOSSES = ('critic_loss', 'value_loss')
@@ -65,6 +69,8 @@ def actor_csvs(workdir: str) -> Sequence[str]:
 
 def plot_actors(ax, actors, key, label):
   for i, rows in enumerate(actors):
+    if key in EPISODE_KEYS:  # No return to show before an episode has ended.
+      rows = [r for r in rows if number(r.get('episodes')) > 0]
     xs = [number(r.get('actor_steps')) for r in rows]
     ax.plot(xs, [number(r.get(key)) for r in rows], label=f'actor {i}')
   ax.set_xlabel('actor steps')
@@ -117,13 +123,32 @@ def phase_of(row) -> Optional[str]:
   return 'online' if phase in ONLINE_PHASES else phase
 
 
+def score_label(rows: Rows, y_key: str) -> str:
+  """What the score axis shows: on the binary tasks the score is the success
+  rate in percent."""
+  if y_key == 'normalized_score' and has_values(rows, 'success_rate'):
+    return 'success rate (%)'
+  return y_key.replace('_', ' ')
+
+
+def plot_band(ax, xs, ys, ses, color, label=None, marker='o-'):
+  """A curve with a shaded +-1 standard error band (where SEs are known)."""
+  ax.plot(xs, ys, marker, color=color, markersize=3, label=label)
+  if any(math.isfinite(v) for v in ses):
+    ses = [v if math.isfinite(v) else 0.0 for v in ses]
+    ax.fill_between(xs, [y - e for y, e in zip(ys, ses)],
+                    [y + e for y, e in zip(ys, ses)], color=color, alpha=0.2,
+                    linewidth=0)
+
+
 def plot_score(ax, rows: Rows, x_key: str, y_key: str, x_label: str):
   ordered = sorted(rows, key=lambda r: number(r.get(x_key)))
   for phase, color in (('offline', 'tab:blue'), ('online', 'tab:orange')):
     part = [r for r in ordered if phase_of(r) == phase]
     if part:
-      ax.plot(column(part, x_key), column(part, y_key), 'o-', color=color,
-              markersize=3, label=phase)
+      plot_band(ax, column(part, x_key), column(part, y_key),
+                column(part, y_key + SE_SUFFIX), color,
+                label=f'{phase} (+-1 s.e.)')
   boundary = online_boundary(rows, x_key)
   if boundary is not None:
     ax.axvline(boundary, label='offline -> online', **BOUNDARY_STYLE)
@@ -131,7 +156,7 @@ def plot_score(ax, rows: Rows, x_key: str, y_key: str, x_label: str):
     low, high = ax.get_ylim()
     ax.set_ylim(min(low, -5.0), max(high, 105.0))
   ax.set_xlabel(x_label)
-  ax.set_ylabel(y_key.replace('_', ' '))
+  ax.set_ylabel(score_label(rows, y_key))
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
 

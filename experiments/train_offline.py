@@ -1,22 +1,33 @@
-"""Offline IQL from a dataset file, in one process, with periodic evaluation.
+"""Offline IQL from a dataset file, in one process, one or several seeds at once.
 
-Trains `iql_acme.learning.IQLLearner` for `--steps` gradient updates on a
-dataset (any source `iql_acme.data.load_dataset` accepts: a transition
-.npz, a D4RL .hdf5, AWAC .npy files, ...), with the paper's hyperparameters
-for the environment's domain (`iql_acme.envs.domain_of`). Every
-`--eval_every` updates, and at the end, the deterministic policy (the mean
-action) runs `--eval_episodes` episodes in the environment.
+Trains with the IQL core (`iql_acme.training`: on-device sampling, `lax.scan`
+of updates; no Acme, Reverb or TensorFlow in the loop) for `--steps` gradient
+updates on a dataset (any source `iql_acme.data.load_dataset` accepts: a
+transition .npz, a D4RL .hdf5, AWAC .npy files, ...), with the paper's
+hyperparameters for the environment's domain (`iql_acme.envs.domain_of`).
+`--offline_steps` is the config's offline phase length, which sets the
+actor's learning-rate schedule (cosine over it, then constant); `--steps` may
+exceed it. Every `--eval_every` updates, at the start and at the end, each
+seed's deterministic policy (the mean action) runs `--eval_episodes` episodes.
 
-Outputs in --out DIR:
+`--seeds 0,1,2` trains the seeds together: one jitted call runs `jax.vmap`
+over the seeds' stacked training states, all sampling from the one dataset on
+device. Seed i's run equals a `--seed i` run (up to float rounding).
+
+Outputs in --out DIR, with `--seed N` (default 0):
   train.csv            the learner's metrics per jitted call (losses, V, Q,
                        AWR weights, actor learning rate, updates_per_s)
-  eval.csv             one row per evaluation (`EVAL_CSV_FIELDS`)
+  eval.csv             one row per evaluation (every key that
+                       `iql_acme.evaluation.evaluate` returns, learner_steps)
   summary.json         flags, config, final evaluation, mean update rate
   learning_curve.png   experiments/plot_run.py's figure of the above
+with `--seeds`: the above in DIR/seed_<i>/, and DIR/summary.json with each
+seed's final evaluation and the mean and standard error over seeds of
+normalized_score (and success_rate where the task has one).
 
 Example:
   python experiments/train_offline.py --env pen-binary-v0 \
-      --dataset data/pen.npz --out out/pen_offline --steps 25000
+      --dataset data/pen.npz --out out/pen_offline --steps 25000 --seeds 0,1,2
 """
 
 import argparse
@@ -26,20 +37,20 @@ import json
 import os
 import sys
 import time
+from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('D4RL_SUPPRESS_IMPORT_ERROR', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from acme import specs
 import jax
 import numpy as np
 
 from iql_acme import envs
 from iql_acme import evaluation
-from iql_acme import learning
 from iql_acme import networks as iql_networks
+from iql_acme import training
 from iql_acme.config import config_for_domain
 from iql_acme.data import DatasetError, load_dataset
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +60,10 @@ import plot_run
 PROGRESS_PERIOD_S = 10.0   # seconds between progress lines
 MAX_STEPS_PER_CALL = 100   # updates per jitted call (lax.scan), at most
 EVAL_SEED_OFFSET = 10_000  # evaluation env seeds differ from training's
+DEFAULT_SEED = 0
+SUMMARY_FILE = 'summary.json'
+# Final-evaluation keys aggregated over seeds (when not None).
+AGGREGATED_KEYS = ('normalized_score', 'success_rate', 'mean_return')
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +78,20 @@ def fail(message: str):
   sys.exit(2)
 
 
+def parse_seeds(text: str) -> List[int]:
+  try:
+    seeds = [int(s) for s in text.split(',') if s.strip()]
+  except ValueError:
+    fail(f'--seeds must be comma-separated integers, got {text!r}')
+  if not seeds:
+    fail('--seeds is empty')
+  if len(set(seeds)) != len(seeds):
+    fail(f'--seeds has repeated seeds: {text!r}')
+  if min(seeds) < 0:
+    fail(f'--seeds must be non-negative, got {text!r}')
+  return seeds
+
+
 def parse_args(argv=None):
   parser = _Parser(description=__doc__.split('\n')[0])
   parser.add_argument('--env', required=True,
@@ -70,17 +99,33 @@ def parse_args(argv=None):
   parser.add_argument('--dataset', required=True,
                       help='dataset source (path of a .npz, .hdf5, ...)')
   parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument('--steps', type=int, default=100_000,
-                      help='gradient updates in total')
+  parser.add_argument('--steps', type=int, default=None,
+                      help='gradient updates in total (default: offline_steps)')
+  parser.add_argument('--offline_steps', type=int, default=None,
+                      help="the config's offline phase: the actor learning "
+                      'rate decays (cosine) over it, then stays constant '
+                      "(default: the domain preset's)")
   parser.add_argument('--eval_every', type=int, default=5_000,
                       help='updates between evaluations')
   parser.add_argument('--eval_episodes', type=int, default=10)
-  parser.add_argument('--seed', type=int, default=0)
+  seeds = parser.add_mutually_exclusive_group()
+  seeds.add_argument('--seed', type=int, default=None,
+                     help=f'one seed, outputs in --out ({DEFAULT_SEED})')
+  seeds.add_argument('--seeds', type=str, default=None,
+                     help='comma-separated seeds trained together (vmap); '
+                     'outputs in --out/seed_<i>/')
   parser.add_argument('--batch_size', type=int, default=256)
   args = parser.parse_args(argv)
-  for flag in ('steps', 'eval_every', 'eval_episodes', 'batch_size'):
+  for flag in ('steps', 'offline_steps'):
+    if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+      fail(f'--{flag} must be positive, got {getattr(args, flag)}')
+  for flag in ('eval_every', 'eval_episodes', 'batch_size'):
     if getattr(args, flag) <= 0:
       fail(f'--{flag} must be positive, got {getattr(args, flag)}')
+  if args.seed is not None and args.seed < 0:
+    fail(f'--seed must be non-negative, got {args.seed}')
+  args.seed_list = (parse_seeds(args.seeds) if args.seeds is not None
+                    else [DEFAULT_SEED if args.seed is None else args.seed])
   return args
 
 
@@ -89,6 +134,13 @@ def steps_per_call(eval_every: int) -> int:
   the learner's chunks land exactly on the evaluation steps."""
   return max(d for d in range(1, min(eval_every, MAX_STEPS_PER_CALL) + 1)
              if eval_every % d == 0)
+
+
+def seed_dirs(out: str, seeds: Sequence[int], multi_seed: bool) -> List[str]:
+  """Each seed's output directory: --out itself for one `--seed`."""
+  if not multi_seed:
+    return [out]
+  return [os.path.join(out, f'seed_{seed}') for seed in seeds]
 
 
 class CsvLog:
@@ -114,6 +166,20 @@ class CsvLog:
     self._file.close()
 
 
+class EvalLog:
+  """eval.csv: the evaluator's columns, plus any key `evaluate` adds."""
+
+  def __init__(self, path: str):
+    self._path, self._writer = path, None
+
+  def write(self, row: Dict):
+    if self._writer is None:
+      extra = tuple(k for k in row if k not in evaluation.EVAL_CSV_FIELDS)
+      self._writer = evaluation.CsvWriter(
+          self._path, evaluation.EVAL_CSV_FIELDS + extra)
+    self._writer.write(row)
+
+
 def format_duration(seconds: float) -> str:
   seconds = int(round(seconds))
   hours, rest = divmod(seconds, 3600)
@@ -136,14 +202,38 @@ def make_select_action(networks):
   return select_action, set_params
 
 
+def environment_spec(environment) -> iql_networks.ShapeSpec:
+  """The networks' spec from a dm_env environment (no Acme needed)."""
+  obs, act = environment.observation_spec(), environment.action_spec()
+  return iql_networks.ShapeSpec(
+      iql_networks.ArraySpec(obs.shape),
+      iql_networks.ArraySpec(act.shape, act.minimum, act.maximum))
+
+
+def across_seeds(final_evals: Sequence[Dict]) -> Dict[str, Optional[Dict]]:
+  """Mean and standard error over seeds of each AGGREGATED_KEYS value."""
+  result = {}
+  for key in AGGREGATED_KEYS:
+    values = [e.get(key) for e in final_evals]
+    if any(v is None for v in values):
+      result[key] = None
+      continue
+    result[key] = {'mean': float(np.mean(values)),
+                   'stderr': evaluation.standard_error(values),
+                   'values': [float(v) for v in values]}
+  return result
+
+
 def main(argv=None):
   args = parse_args(argv)
+  seeds, multi_seed = args.seed_list, args.seeds is not None
   try:
     domain = envs.domain_of(args.env)
-    environment = envs.make_environment(args.env, args.seed + EVAL_SEED_OFFSET)
+    environments = [envs.make_environment(args.env, seed + EVAL_SEED_OFFSET)
+                    for seed in seeds]
   except ValueError as e:
     fail(f'--env: {e}')
-  spec = specs.make_environment_spec(environment)
+  spec = environment_spec(environments[0])
   obs_dim = int(np.prod(spec.observations.shape))
   act_dim = int(np.prod(spec.actions.shape))
   try:
@@ -152,76 +242,114 @@ def main(argv=None):
   except (DatasetError, OSError) as e:
     fail(f'--dataset: {e}')
 
-  config = config_for_domain(
-      domain, offline_steps=args.steps, batch_size=args.batch_size,
-      offline_steps_per_call=steps_per_call(args.eval_every))
-  os.makedirs(args.out, exist_ok=True)
+  overrides = dict(batch_size=args.batch_size,
+                   offline_steps_per_call=steps_per_call(args.eval_every))
+  if args.offline_steps is not None:
+    overrides['offline_steps'] = args.offline_steps
+  config = config_for_domain(domain, **overrides)
+  total_steps = args.steps or config.offline_steps
+  dirs = seed_dirs(args.out, seeds, multi_seed)
+  for d in dirs:
+    os.makedirs(d, exist_ok=True)
   print(f'{args.env} (domain {domain}): {data.size:,} transitions from '
         f'{args.dataset}; reward transform scale={reward_transform.scale:g} '
-        f'shift={reward_transform.shift:g}; {args.steps:,} updates, batch '
-        f'{args.batch_size}, {config.offline_steps_per_call} per call; '
+        f'shift={reward_transform.shift:g}; {total_steps:,} updates '
+        f'(offline_steps {config.offline_steps:,}), batch {args.batch_size}, '
+        f'{config.offline_steps_per_call} per call; seeds {seeds}; '
         f'device {jax.devices()[0].platform}', flush=True)
 
   networks = iql_networks.make_networks(spec, config)
-  train_log = CsvLog(os.path.join(args.out, 'train.csv'))
-  learner = learning.IQLLearner(networks, config,
-                                jax.random.PRNGKey(args.seed), data,
-                                reward_transform=reward_transform,
-                                logger=train_log)
-  eval_log = evaluation.CsvWriter(os.path.join(args.out, 'eval.csv'))
+  optimizers = training.make_optimizers(config)
+  device_data = training.device_dataset(data)
+  states = training.init_training_states(networks, optimizers,
+                                         training.seed_keys(seeds))
+  multi_seed_steps = training.make_multi_seed_steps(networks, config,
+                                                    optimizers)
+  train_logs = [CsvLog(os.path.join(d, 'train.csv')) for d in dirs]
+  eval_logs = [EvalLog(os.path.join(d, 'eval.csv')) for d in dirs]
   select_action, set_policy = make_select_action(networks)
-
   start = time.time()
+  steps_done = 0
 
-  def run_evaluation():
-    set_policy(learner.get_variables(['policy'])[0])
-    result = evaluation.evaluate(environment, args.env, select_action,
-                                 args.eval_episodes)
-    row = {**result, 'learner_steps': learner.steps, 'actor_steps': 0,
-           'phase': 'offline', 'wall_time_s': round(time.time() - start, 2)}
-    eval_log.write(row)
-    score = result['normalized_score']
-    print(f'eval @ {learner.steps:,}: return {result["mean_return"]:.2f}'
-          + ('' if score is None else f', normalized score {score:.1f}'),
+  def run_evaluations():
+    rows = []
+    policies = jax.device_get(states.policy_params)
+    for index, environment in enumerate(environments):
+      set_policy(jax.tree_util.tree_map(lambda x: x[index], policies))  # pylint: disable=cell-var-from-loop
+      result = evaluation.evaluate(environment, args.env, select_action,
+                                   args.eval_episodes)
+      row = {**result, 'learner_steps': steps_done, 'actor_steps': 0,
+             'phase': 'offline', 'wall_time_s': round(time.time() - start, 2)}
+      eval_logs[index].write(row)
+      rows.append(row)
+    scores = [r['normalized_score'] for r in rows]
+    returns = ', '.join(f'{r["mean_return"]:.2f}' for r in rows)
+    print(f'eval @ {steps_done:,}: return {returns}'
+          + ('' if None in scores else
+             ', normalized score ' + ', '.join(f'{s:.1f}' for s in scores)),
           flush=True)
-    return row
+    return rows
 
-  last_eval = run_evaluation()  # The untrained policy: the curve's origin.
+  last_evals = run_evaluations()  # The untrained policies: curves' origin.
   train_start, train_time, last_print = time.time(), 0.0, 0.0
-  while learner.in_offline_phase:
+  while steps_done < total_steps:
+    num = min(config.offline_steps_per_call, total_steps - steps_done)
     step_start = time.time()
-    learner.step()
+    states, metrics = multi_seed_steps(states, device_data, num)
+    metrics = jax.device_get(metrics)  # Waits for the call to finish.
     now = time.time()
-    train_time += now - step_start
-    if learner.steps % args.eval_every == 0 or not learner.in_offline_phase:
-      last_eval = run_evaluation()
-    if now - last_print >= PROGRESS_PERIOD_S or not learner.in_offline_phase:
+    elapsed = now - step_start
+    train_time += elapsed
+    steps_done += num
+    for index, log in enumerate(train_logs):
+      log.write({**{k: v[index] for k, v in metrics.items()},
+                 'learner_steps': steps_done, 'phase': 'offline',
+                 # Each seed did `num` updates in `elapsed` seconds.
+                 'updates_per_s': num / elapsed})
+    if steps_done % args.eval_every == 0 or steps_done == total_steps:
+      last_evals = run_evaluations()
+    if now - last_print >= PROGRESS_PERIOD_S or steps_done == total_steps:
       last_print = now
-      # Updates/s of the learner alone; the ETA counts evaluations too.
-      rate = learner.steps / max(train_time, 1e-9)
-      eta = (args.steps - learner.steps) * (now - train_start) / learner.steps
-      metrics = train_log.last
-      print(f'step {learner.steps:,}/{args.steps:,} '
-            f'({100 * learner.steps / args.steps:.0f}%)  {rate:.0f} updates/s'
-            f'  ETA {format_duration(eta)}  critic_loss '
-            f'{metrics.get("critic_loss", float("nan")):.4g}  value_loss '
-            f'{metrics.get("value_loss", float("nan")):.4g}  actor_loss '
-            f'{metrics.get("actor_loss", float("nan")):.4g}', flush=True)
-  train_log.close()
+      # Updates/s per seed, of the learner alone; the ETA counts evaluations.
+      rate = steps_done / max(train_time, 1e-9)
+      eta = (total_steps - steps_done) * (now - train_start) / steps_done
+      mean = {k: float(np.mean(v)) for k, v in metrics.items()}
+      print(f'step {steps_done:,}/{total_steps:,} '
+            f'({100 * steps_done / total_steps:.0f}%)  {rate:.0f} updates/s'
+            + (f' per seed x {len(seeds)}' if multi_seed else '')
+            + f'  ETA {format_duration(eta)}  critic_loss '
+            f'{mean["critic_loss"]:.4g}  value_loss {mean["value_loss"]:.4g}'
+            f'  actor_loss {mean["actor_loss"]:.4g}', flush=True)
+  for log in train_logs:
+    log.close()
 
   elapsed = time.time() - start
-  summary = {
+  rate = steps_done / max(train_time, 1e-9)
+  common = {
       'env': args.env, 'dataset': args.dataset, 'domain': domain,
-      'steps': learner.steps, 'seed': args.seed,
+      'steps': steps_done, 'offline_steps': config.offline_steps,
       'transitions': data.size, 'wall_time_s': round(elapsed, 2),
-      'updates_per_s': round(learner.steps / max(train_time, 1e-9), 2),
-      'final_eval': last_eval,
+      'updates_per_s': round(rate, 2),  # Per seed.
       'config': {k: (list(v) if isinstance(v, tuple) else v)
                  for k, v in dataclasses.asdict(config).items()},
   }
-  with open(os.path.join(args.out, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
-  png = plot_run.plot_run(args.out)
+  for seed, directory, final_eval in zip(seeds, dirs, last_evals):
+    with open(os.path.join(directory, SUMMARY_FILE), 'w') as f:
+      json.dump({**common, 'seed': seed, 'final_eval': final_eval}, f,
+                indent=2)
+    png = plot_run.plot_run(directory)
+  if multi_seed:
+    summary = {**common, 'seeds': seeds,
+               'seed_updates_per_s': round(rate * len(seeds), 2),
+               'final_eval': {str(s): e for s, e in zip(seeds, last_evals)},
+               **across_seeds(last_evals)}
+    with open(os.path.join(args.out, SUMMARY_FILE), 'w') as f:
+      json.dump(summary, f, indent=2)
+    score = summary['normalized_score']
+    if score is not None:
+      print(f'normalized score over {len(seeds)} seeds: {score["mean"]:.1f}'
+            f' +- {score["stderr"]:.1f} (standard error)', flush=True)
+    png = os.path.join(args.out, 'seed_*', 'learning_curve.png')
   print(f'done in {format_duration(elapsed)}: {png}', flush=True)
 
 

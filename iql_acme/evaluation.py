@@ -1,33 +1,75 @@
-"""Deterministic-policy evaluation: returns, normalized scores, success rates."""
+"""Deterministic-policy evaluation: returns, scores, success rates, and their
+standard errors, on the same start states at every evaluation."""
 
 import csv
+import math
 import os
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import dm_env
 import numpy as np
 
 from iql_acme import envs
 
+# A success rate's standard error sqrt(p (1 - p) / (n - 1)) is largest at
+# p = 0.5; the default episode count keeps it at or under this for any p.
+MAX_SUCCESS_RATE_SE = 0.07
+DEFAULT_EVAL_EPISODES = 1 + math.ceil(0.25 / MAX_SUCCESS_RATE_SE**2)  # 53
+
+# Evaluation episode i starts from env seed EVAL_SEED_BASE + i, every time, so
+# two checkpoints (or two runs, or the fine-tuned policy and its control) are
+# compared on the same start states and goals. Disjoint from the seeds of the
+# actors, data generators and tests (all below 10^7).
+EVAL_SEED_BASE = 10_000_000
+
 # Columns of the evaluator's CSV (read by experiments/plot_run.py).
 EVAL_CSV_FIELDS = ('learner_steps', 'actor_steps', 'phase', 'mean_return',
-                   'normalized_score', 'success_rate', 'episodes',
+                   'return_se', 'normalized_score', 'normalized_score_se',
+                   'success_rate', 'success_rate_se', 'episodes',
                    'wall_time_s')
+
+
+def evaluation_seeds(num_episodes: int,
+                     base: int = EVAL_SEED_BASE) -> Sequence[int]:
+  return range(base, base + num_episodes)
+
+
+def standard_error(values) -> float:
+  """Standard error of the mean (sample std with n - 1; 0 for one value).
+
+  For 0/1 successes this is sqrt(p (1 - p) / (n - 1)), the unbiased form.
+  """
+  values = np.asarray(values, np.float64)
+  if values.size < 2:
+    return 0.0
+  return float(values.std(ddof=1) / np.sqrt(values.size))
 
 
 def evaluate(environment: dm_env.Environment, env_name: str,
              select_action: Callable[[np.ndarray], np.ndarray],
-             num_episodes: int) -> Dict[str, Optional[float]]:
-  """Runs `num_episodes` episodes and reports mean return and scores.
+             num_episodes: int,
+             seeds: Optional[Sequence[int]] = None
+             ) -> Dict[str, Optional[float]]:
+  """Runs `num_episodes` episodes; mean return and scores with standard errors.
 
+  Episode i starts from `seeds[i]` (default `evaluation_seeds`), when the
+  environment can be reseeded (the project's dm_env wrapper can).
   normalized_score is the D4RL score (0-100) where the task has reference
   scores; for the binary hand tasks it is the success rate in percent (an
   episode succeeds when the goal holds for more than 20 steps on pen, 25 on
   door and relocate).
   """
+  if num_episodes <= 0:
+    raise ValueError(f'num_episodes must be positive, got {num_episodes}')
+  seeds = list(evaluation_seeds(num_episodes) if seeds is None else seeds)
+  if len(seeds) < num_episodes:
+    raise ValueError(f'{len(seeds)} seeds for {num_episodes} episodes')
+  reseed = getattr(environment, 'reseed', None)
   binary = envs.is_binary_task(env_name)
   returns, successes = [], []
-  for _ in range(num_episodes):
+  for seed in seeds[:num_episodes]:
+    if reseed is not None:
+      reseed(seed)
     timestep = environment.reset()
     episode_return, goal_steps = 0.0, []
     while not timestep.last():
@@ -37,15 +79,23 @@ def evaluate(environment: dm_env.Environment, env_name: str,
         goal_steps.append(bool(environment.last_info['goal_achieved']))
     returns.append(episode_return)
     if binary:
-      successes.append(envs.episode_success(env_name, goal_steps))
-  mean_return = float(np.mean(returns))
-  success_rate = float(np.mean(successes)) if binary else None
+      successes.append(float(envs.episode_success(env_name, goal_steps)))
+  result = {'mean_return': float(np.mean(returns)),
+            'return_se': standard_error(returns),
+            'success_rate': None, 'success_rate_se': None,
+            'episodes': num_episodes}
   if binary:
-    score = 100.0 * success_rate
+    result['success_rate'] = float(np.mean(successes))
+    result['success_rate_se'] = standard_error(successes)
+    scores = 100.0 * np.asarray(successes)
   else:
-    score = envs.normalized_score(env_name, mean_return)
-  return {'mean_return': mean_return, 'normalized_score': score,
-          'success_rate': success_rate, 'episodes': num_episodes}
+    scores = [envs.normalized_score(env_name, r) for r in returns]
+    scores = None if scores[0] is None else np.asarray(scores)
+  result['normalized_score'] = (None if scores is None else
+                                float(np.mean(scores)))
+  result['normalized_score_se'] = (None if scores is None else
+                                   standard_error(scores))
+  return result
 
 
 class CsvWriter:

@@ -12,7 +12,8 @@ def make_logger(workdir: Optional[str], label: str, time_delta: float = 10.0,
                 csv: bool = True, tensorboard: bool = False,
                 steps_key: Optional[str] = None) -> loggers.Logger:
   """Terminal every `time_delta` s; CSV (and TensorBoard) rows to workdir."""
-  targets = [loggers.TerminalLogger(label=label, time_delta=time_delta)]
+  targets = [loggers.TerminalLogger(label=label, time_delta=time_delta,
+                                    serialize_fn=serialize)]
   if workdir:
     log_dir = os.path.join(workdir, 'logs')
     os.makedirs(log_dir, exist_ok=True)
@@ -26,6 +27,24 @@ def make_logger(workdir: Optional[str], label: str, time_delta: float = 10.0,
                                      label=label, steps_key=steps_key)),
                                         time_delta))
   return loggers.Dispatcher(targets, loggers.to_numpy)
+
+
+TERMINAL_SIGNIFICANT_DIGITS = 4
+
+
+def _format_value(value) -> str:
+  value = loggers.to_numpy(value)
+  if isinstance(value, (float, np.floating)):
+    # Significant digits, not Acme's 3 decimals: a learning rate of 3e-4
+    # would print as 0.000.
+    return f'{value:.{TERMINAL_SIGNIFICANT_DIGITS}g}'
+  return f'{value}'
+
+
+def serialize(values) -> str:
+  """Acme's terminal line ('Key = value | ...') with readable small floats."""
+  return ' | '.join(f'{k.replace("_", " ").title()} = {_format_value(v)}'
+                    for k, v in sorted(values.items()))
 
 
 class _NumbersOnly(loggers.Logger):

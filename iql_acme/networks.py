@@ -1,9 +1,8 @@
 """IQL networks (Flax): twin Q, V, and a Gaussian policy; policy factories."""
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-from acme import specs
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -187,13 +186,40 @@ class IQLNetworks:
             self.value.init(value_key, obs))
 
 
-def make_networks(spec: specs.EnvironmentSpec,
-                  config: Optional[IQLConfig] = None) -> IQLNetworks:
-  """Builds IQL's networks for an environment spec (Acme's network factory)."""
+class ArraySpec(NamedTuple):
+  """The part of an Acme/dm_env array spec the networks read."""
+  shape: Sequence[int]
+  minimum: Any = -1.0
+  maximum: Any = 1.0
+
+
+class ShapeSpec(NamedTuple):
+  """Duck-types `acme.specs.EnvironmentSpec` for `make_networks`."""
+  observations: ArraySpec
+  actions: ArraySpec
+
+
+def spec_from_dims(obs_dim: int, action_dim: int, action_minimum=-1.0,
+                   action_maximum=1.0) -> ShapeSpec:
+  """A spec for flat observations and a box of actions, without Acme."""
+  return ShapeSpec(ArraySpec((obs_dim,)),
+                   ArraySpec((action_dim,), action_minimum, action_maximum))
+
+
+def make_networks(spec, config: Optional[IQLConfig] = None) -> IQLNetworks:
+  """Builds IQL's networks for an environment spec (Acme's network factory).
+
+  `spec` is anything shaped like `acme.specs.EnvironmentSpec`: it needs
+  `.observations.shape` and `.actions.shape/minimum/maximum` (e.g.
+  `spec_from_dims(obs_dim, action_dim)`); Acme itself is not imported.
+  """
   config = config or IQLConfig()
   obs_dim = int(np.prod(spec.observations.shape))
   action_dim = int(np.prod(spec.actions.shape))
   hidden = tuple(config.hidden_dims)
+
+  def bound(value):
+    return np.broadcast_to(value, (action_dim,)).astype(np.float32)
   return IQLNetworks(
       policy=GaussianPolicy(hidden, action_dim, config.log_std_min,
                             config.log_std_max, config.policy_dropout_rate),
@@ -201,8 +227,8 @@ def make_networks(spec: specs.EnvironmentSpec,
       value=ValueNetwork(hidden),
       dummy_observation=np.zeros((1, obs_dim), np.float32),
       dummy_action=np.zeros((1, action_dim), np.float32),
-      action_minimum=np.broadcast_to(spec.actions.minimum, (action_dim,)).astype(np.float32),
-      action_maximum=np.broadcast_to(spec.actions.maximum, (action_dim,)).astype(np.float32))
+      action_minimum=bound(spec.actions.minimum),
+      action_maximum=bound(spec.actions.maximum))
 
 
 FeedForwardPolicy = Callable[[object, jax.Array, jax.Array], jax.Array]

@@ -4,13 +4,23 @@ The evaluator doubles as the run's coordinator: it evaluates every
 `eval_every` learner steps, at the end of the offline phase and at the end of
 the run; once the actors have used up `online_steps` environment steps and the
 learner has caught up, it checkpoints the learner, writes `summary.json` and
-stops the program, so every process exits and the launcher returns.
+ends (under the launcher's supervisor, `iql_acme/supervisor.py`, which then
+stops the program) or stops the program itself (other launchers).
+
+Actors do not own fixed shares of the online budget: they claim steps in
+chunks from the counter, so when one dies its unfinished claim goes back to
+the budget and the others take it. A checkpoint (learner state, counts, and
+the Reverb replay through Reverb's own checkpointer) is written every
+`checkpoint_every_s` and on request; `checkpoints/state.json` names the
+consistent set, and on resume the steps done are the transitions in replay.
 """
 
 import dataclasses
 import functools
+import glob
 import json
 import os
+import shutil
 import threading
 import time
 from typing import Optional
@@ -34,11 +44,19 @@ from iql_acme.config import IQLConfig
 
 # Coordinator / bookkeeping periods (seconds).
 COORDINATOR_POLL_S = 0.2
-ACTOR_COUNTER_SYNC_S = 1.0  # How often actors report their steps.
 LEARNER_CATCH_UP_TIMEOUT_S = 10.0
+DEFAULT_CHECKPOINT_EVERY_S = 60.0
+# Actors claim this many environment steps at a time from the shared budget
+# (about 1.5 s of acting): small enough that the budget balances at the end
+# and that a dead actor's unfinished claim is small.
+ACTOR_CLAIM_STEPS = 50
+ACTOR_CLAIM_RETRY_S = 0.5   # An actor with no claim asks again this often.
+RESUME_REPLAY_WAIT_S = 120  # The counter waits this long for replay to load.
 SUMMARY_FILE = 'summary.json'
 FAILURE_FILE = 'FAILED'
-COUNTS_FILE = 'counts.json'
+STATE_FILE = 'state.json'    # Names the checkpoint: learner, replay, counts.
+LEGACY_LEARNER_DIR = 'learner'
+REPLAY_CHECKPOINT_DIR = 'replay'
 
 
 @dataclasses.dataclass
@@ -49,25 +67,46 @@ class RunConfig:
   num_actors: int = 2
   seed: int = 0
   eval_every: int = 5_000          # learner steps between evaluations
-  eval_episodes: int = 10
-  checkpoint_every_s: float = 300.0
+  eval_episodes: int = evaluation.DEFAULT_EVAL_EPISODES
+  checkpoint_every_s: float = DEFAULT_CHECKPOINT_EVERY_S
   log_every_s: float = 10.0
+  # True when the launcher's supervisor watches the nodes: then a node that
+  # ends (fails, or the evaluator finishes) leaves stopping to it.
+  supervised: bool = False
 
 
-def stop_program_on_failure(workdir: str, node: str, body):
-  """Runs a node's loop; a failure stops the whole program and is recorded.
+def node_error_file(workdir: str, node: str) -> str:
+  return os.path.join(workdir, 'logs', f'{node}.error')
 
-  Launchpad's local launchers leave the other nodes running when one fails;
-  an IQL run without its learner, actors or coordinator can never finish.
-  The launcher turns the record into its exit code.
+
+def node_error(workdir: str, node: str) -> Optional[str]:
+  """The exception a node recorded when it failed (this launch), if any."""
+  path = node_error_file(workdir, node)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return f.read().strip() or None
+
+
+def stop_program_on_failure(workdir: str, node: str, body,
+                            supervised: bool = False):
+  """Runs a node's loop; a failure is recorded and ends the node.
+
+  Under the supervisor the node's death is enough: it stops the program (or,
+  for an actor, hands its steps to the others). Otherwise Launchpad's local
+  launchers would leave the other nodes running, so the node stops the
+  program itself and the launcher turns the record into its exit code.
   """
   try:
     return body()
   except Exception as e:  # pylint: disable=broad-except
-    logging.exception('%s failed; stopping the program', node)
-    with open(os.path.join(workdir, FAILURE_FILE), 'a') as f:
-      f.write(f'{node}: {type(e).__name__}: {e}\n')
-    lp.stop()
+    logging.exception('%s failed', node)
+    with open(node_error_file(workdir, node), 'w') as f:
+      f.write(f'{type(e).__name__}: {e}')
+    if not supervised:
+      with open(os.path.join(workdir, FAILURE_FILE), 'a') as f:
+        f.write(f'{node}: {type(e).__name__}: {e}\n')
+      lp.stop()
     raise
 
 
@@ -86,29 +125,101 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, 'checkpoints')
 
 
-def load_counts(workdir: str) -> dict:
-  path = os.path.join(checkpoint_dir(workdir), COUNTS_FILE)
+def replay_checkpoint_root(workdir: str) -> str:
+  return os.path.join(checkpoint_dir(workdir), REPLAY_CHECKPOINT_DIR)
+
+
+def load_state(workdir: str) -> dict:
+  """The last complete checkpoint's record ({} before the first one)."""
+  path = os.path.join(checkpoint_dir(workdir), STATE_FILE)
   if not os.path.exists(path):
     return {}
   with open(path) as f:
     return json.load(f)
 
 
-def make_counter(workdir: str) -> counting.Counter:
-  """The central counter, resumed from the last checkpoint's counts."""
-  counter = counting.Counter()
-  saved = load_counts(workdir)
-  if saved:
-    counter.increment(**saved)
-  return counter
+def load_counts(workdir: str) -> dict:
+  return load_state(workdir).get('counts', {})
 
 
-def actor_step_budgets(online_steps: int, num_actors: int,
-                       already_done: int = 0):
-  """Splits the remaining environment steps as evenly as possible."""
-  remaining = max(online_steps - already_done, 0)
-  base, extra = divmod(remaining, num_actors)
-  return [base + (1 if i < extra else 0) for i in range(num_actors)]
+def _write_json_atomically(path: str, value):
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=2)
+  os.replace(path + '.tmp', path)  # Readers see the old or the new, whole.
+
+
+def prune_checkpoints(workdir: str, state: dict):
+  """Keeps only what `state` names (a crash may leave a newer partial one).
+
+  Reverb loads the newest checkpoint under its root, so the root must hold
+  exactly the one consistent with the learner's and the counts.
+  """
+  keep = {state.get('learner'), LEGACY_LEARNER_DIR if not state else None}
+  root = checkpoint_dir(workdir)
+  if os.path.isdir(root):
+    for name in os.listdir(root):
+      if name.startswith('learner') and name not in keep:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+  replay_root = replay_checkpoint_root(workdir)
+  if os.path.isdir(replay_root):
+    for name in os.listdir(replay_root):
+      path = os.path.join(replay_root, name)
+      if path != state.get('replay'):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def replay_size(replay: reverb.Client, table: str,
+                timeout_s: Optional[int] = None) -> int:
+  return int(replay.server_info(timeout_s)[table].current_size)
+
+
+class StepBudgetCounter(counting.Counter):
+  """Acme's central counter, plus the online step budget the actors share.
+
+  `claim` reports an actor's finished steps and grants it up to `want` more;
+  `release` (the supervisor, when an actor died) returns its unfinished
+  grant to the budget.
+  """
+
+  def __init__(self, online_steps: int, counts: Optional[dict] = None):
+    super().__init__()
+    self._budget = online_steps
+    self._claims = {}
+    self._claim_lock = threading.Lock()
+    counts = {k: v for k, v in (counts or {}).items() if v}
+    if counts:
+      self.increment(**counts)
+
+  def claim(self, actor_id: int, done: int, want: int):
+    """Returns (granted steps, whether the budget is used up, counts)."""
+    with self._claim_lock:
+      counts = (self.increment(actor_steps=done) if done else
+                self.get_counts())
+      self._claims[actor_id] = max(self._claims.get(actor_id, 0) - done, 0)
+      done_total = counts.get('actor_steps', 0)
+      free = self._budget - done_total - sum(self._claims.values())
+      grant = int(min(want, max(free, 0)))
+      self._claims[actor_id] += grant
+      return grant, done_total >= self._budget, counts
+
+  def release(self, actor_id: int) -> int:
+    with self._claim_lock:
+      return self._claims.pop(actor_id, 0)
+
+
+def make_counter(workdir: str, online_steps: int, replay: reverb.Client,
+                 table: str) -> StepBudgetCounter:
+  """The central counter, resumed from the last checkpoint.
+
+  The environment steps done are the transitions the checkpointed replay
+  holds (restored by Reverb before it serves), so nothing is counted that
+  was lost after the checkpoint and nothing in replay goes uncounted.
+  """
+  state = load_state(workdir)
+  counts = dict(state.get('counts', {}))
+  if state.get('replay'):
+    counts['actor_steps'] = replay_size(replay, table, RESUME_REPLAY_WAIT_S)
+  return StepBudgetCounter(online_steps, counts)
 
 
 class LearnerNode:
@@ -120,13 +231,17 @@ class LearnerNode:
     self._run, self._config = run, builder.config
     self._counter = counter
     networks = networks_lib.make_networks(environment_spec, builder.config)
+    self._replay = replay
+    state = load_state(run.workdir)
+    self._start = time.time() - state.get('wall_time_s', 0.0)
     self._learner = builder.make_learner(
         random_key, networks, builder.make_dataset_iterator(replay), replay,
         counting.Counter(counter, 'learner'))
-    self._checkpoint_path = os.path.join(checkpoint_dir(run.workdir), 'learner')
-    if os.path.exists(os.path.join(self._checkpoint_path, 'array_nest')):
-      self._learner.restore(savers.restore_from_path(self._checkpoint_path))
-      logging.info('resumed learner from %s at step %d', self._checkpoint_path,
+    path = os.path.join(checkpoint_dir(run.workdir),
+                        state.get('learner', LEGACY_LEARNER_DIR))
+    if os.path.exists(os.path.join(path, 'array_nest')):
+      self._learner.restore(savers.restore_from_path(path))
+      logging.info('resumed learner from %s at step %d', path,
                    self._learner.steps)
     self._offline_policy = (None if self._learner.in_offline_phase else
                             self._learner.get_variables(['policy'])[0])
@@ -143,15 +258,33 @@ class LearnerNode:
     return out
 
   def save_checkpoint(self) -> int:
+    """Replay, learner state and counts, then `state.json` naming them.
+
+    Until `state.json` is replaced the previous checkpoint stands whole; a
+    node killed midway leaves extra files that the next launch removes.
+    """
     with self._lock:
+      root = checkpoint_dir(self._run.workdir)
+      os.makedirs(root, exist_ok=True)
+      counts = self._counter.get_counts()
+      replay_path = self._replay.checkpoint()
       state = self._learner.save()
-      savers.save_to_path(self._checkpoint_path, state)
-      counts = {k: v for k, v in self._counter.get_counts().items()
-                if k.endswith('_steps')}
-      with open(os.path.join(checkpoint_dir(self._run.workdir), COUNTS_FILE),
-                'w') as f:
-        json.dump(counts, f)
+      learner_dir = f'learner-{int(state.steps)}-{time.time_ns()}'
+      savers.save_to_path(os.path.join(root, learner_dir), state)
+      # The learner may step between the two reads; its state is the truth.
+      counts['learner_steps'] = int(state.steps)
+      record = {'learner': learner_dir, 'replay': replay_path,
+                'learner_steps': int(state.steps), 'counts': counts,
+                'wall_time_s': time.time() - self._start}
+      _write_json_atomically(os.path.join(root, STATE_FILE), record)
+      prune_checkpoints(self._run.workdir, record)
+    logging.info('checkpoint at learner step %d, %d env steps', state.steps,
+                 counts.get('actor_steps', 0))
     return int(state.steps)
+
+  def checkpoint(self) -> int:
+    """For the launcher (a stop request): a checkpoint now."""
+    return self.save_checkpoint()
 
   def finish(self) -> int:
     """Stops updating, writes the final checkpoint; returns learner steps."""
@@ -161,31 +294,44 @@ class LearnerNode:
   def run(self):
     # Like Acme's runners: a program stop raises SystemExit in this thread.
     with signals.runtime_terminator():
-      stop_program_on_failure(self._run.workdir, 'learner', self._train)
+      stop_program_on_failure(self._run.workdir, 'learner', self._train,
+                              self._run.supervised)
     lp.wait_for_stop()  # Keep serving variables until the program stops.
 
   def _train(self):
     last_checkpoint = time.time()
+    first_online = not self._learner.in_offline_phase
     while not self._stop.is_set():
       was_offline = self._learner.in_offline_phase
+      started = time.time()
       self._learner.step()
       if was_offline and not self._learner.in_offline_phase:
         self._offline_policy = self._learner.get_variables(['policy'])[0]
         logging.info('offline phase done after %d updates; actors may act now',
                      self._learner.steps)
+        first_online = True
+      elif first_online and not was_offline:
+        # The boundary's pause, explained: the first online step compiles
+        # the replay-batch update and waits for the actors' first inserts;
+        # Reverb's rate limiter holds the actors until it is done.
+        logging.info('first online update took %.1fs (XLA compile of the '
+                     'online update, first inserts)', time.time() - started)
+        first_online = False
       if time.time() - last_checkpoint > self._run.checkpoint_every_s:
         self.save_checkpoint()
         last_checkpoint = time.time()
 
 
 class ActorNode:
-  """One actor: steps its environment for its share of the online budget."""
+  """One actor: steps its environment while the shared budget lasts."""
 
   def __init__(self, builder: IQLBuilder, run: RunConfig, actor_id: int,
-               num_steps: int, random_key, replay: reverb.Client,
-               variable_source, counter: counting.Counter):
-    self._run, self._id, self._num_steps = run, actor_id, num_steps
+               random_key, replay: reverb.Client, variable_source,
+               counter: StepBudgetCounter):
+    self._run, self._id = run, actor_id
     self._counter = counter
+    self._granted = self._unreported = 0
+    self._counts = {}
     self._offline_steps = builder.config.offline_steps
     self._environment = envs.make_environment(
         run.env_name, seed=run.seed + 1_000 * (actor_id + 1))
@@ -200,34 +346,51 @@ class ActorNode:
 
   def run(self):
     stop_program_on_failure(self._run.workdir, f'actor_{self._id}',
-                            self._act)
+                            self._act, self._run.supervised)
+
+  def _may_step(self) -> bool:
+    """True while this actor holds a claim on the budget; claims more.
+
+    Reported steps are flushed to Reverb first, so the counter never counts
+    a transition that is not in replay. With no grant and the budget not yet
+    used up (another actor holds the rest) it waits: that actor may die.
+    """
+    while self._granted == 0:
+      if self._unreported:
+        self._adder._writer.flush()  # pylint: disable=protected-access
+      self._granted, finished, self._counts = self._counter.claim(
+          self._id, self._unreported, ACTOR_CLAIM_STEPS)
+      self._unreported = 0
+      if self._granted == 0:
+        if finished:
+          return False
+        time.sleep(ACTOR_CLAIM_RETRY_S)
+    return True
 
   def _act(self):
-    steps, episodes, unreported, returns = 0, 0, 0, []
-    start = last_log = last_sync = None
-    while steps < self._num_steps:
+    steps, episodes, returns = 0, 0, []
+    start = last_log = None
+    while self._may_step():
       timestep = self._environment.reset()
       self._actor.observe_first(timestep)  # Blocks during the offline phase.
       start = start or time.time()
       episode_return = 0.0
-      while not timestep.last() and steps < self._num_steps:
+      while not timestep.last() and self._may_step():
         action = self._actor.select_action(timestep.observation)
         timestep = self._environment.step(action)
         self._actor.observe(action, timestep)
         self._actor.update()
         episode_return += float(timestep.reward)
-        steps, unreported = steps + 1, unreported + 1
+        steps, self._granted = steps + 1, self._granted - 1
+        self._unreported += 1
         now = time.time()
-        if now - (last_sync or start) >= ACTOR_COUNTER_SYNC_S:
-          counts = self._counter.increment(actor_steps=unreported)
-          unreported, last_sync = 0, now
-          if now - (last_log or start) >= self._run.log_every_s:
-            self._log(steps, episodes, returns, counts, now - start)
-            last_log = now
+        if now - (last_log or start) >= self._run.log_every_s:
+          self._log(steps, episodes, returns, self._counts, now - start)
+          last_log = now
       episodes += 1
       returns.append(episode_return)
-    self._adder.reset()  # Flushes the last transition to Reverb.
-    self._counter.increment(actor_steps=unreported, actor_episodes=episodes)
+    self._adder.reset()  # Ends the last episode in Reverb.
+    self._counter.increment(actor_episodes=episodes)
     summary = {
         'actor_id': self._id, 'env_steps': steps, 'episodes': episodes,
         'learner_steps_at_first_action':
@@ -258,7 +421,8 @@ class EvaluatorNode:
                program_stopper=None):
     self._run, self._config = run, builder.config
     self._learner, self._counter, self._replay = learner, counter, replay
-    self._stop_program = program_stopper or lp.stop
+    self._stop_program = program_stopper or (
+        (lambda: None) if run.supervised else lp.stop)
     self._environment = envs.make_environment(run.env_name,
                                               seed=run.seed + 999_983)
     spec = specs.make_environment_spec(self._environment)
@@ -270,7 +434,9 @@ class EvaluatorNode:
         os.path.join(run.workdir, 'logs', 'evaluator.csv'))
     self._tb = logs.make_logger(run.workdir, 'evaluator', 0.0, csv=False,
                                 tensorboard=True, steps_key='learner_steps')
-    self._start = time.time()
+    # Wall time continues across resumes.
+    self._start = time.time() - load_state(run.workdir).get('wall_time_s', 0.0)
+    self._online_start = None  # (time, env steps) when acting began here.
 
   def _evaluate(self, params, learner_steps, actor_steps, phase):
     def select_action(observation):
@@ -294,7 +460,8 @@ class EvaluatorNode:
     return int(info[self._config.replay_table_name].current_size)
 
   def run(self):
-    stop_program_on_failure(self._run.workdir, 'evaluator', self._coordinate)
+    stop_program_on_failure(self._run.workdir, 'evaluator', self._coordinate,
+                            self._run.supervised)
 
   def _coordinate(self):
     config, run = self._config, self._run
@@ -338,10 +505,17 @@ class EvaluatorNode:
       logging.info('offline: %d/%d updates (%.0f/s, offline ETA %.0fs)',
                    learner_steps, config.offline_steps, rate, eta)
     else:
-      logging.info('online: %d/%d env steps, %d updates, ratio %.3f, '
-                   'replay %d', actor_steps, config.online_steps,
-                   online_updates, online_updates / max(actor_steps, 1),
-                   self._replay_size())
+      now = time.time()
+      if self._online_start is None:
+        self._online_start = (now, actor_steps)
+      since, steps_then = self._online_start
+      rate = (actor_steps - steps_then) / max(now - since, 1e-9)
+      remaining = max(config.online_steps - actor_steps, 0)
+      eta = f'{remaining / rate:.0f}s' if rate > 0 else '?'
+      logging.info('online: %d/%d env steps (%.1f/s, ETA %s), %d updates, '
+                   'ratio %.3f, replay %d', actor_steps, config.online_steps,
+                   rate, eta, online_updates,
+                   online_updates / max(actor_steps, 1), self._replay_size())
 
   def _finish(self, actor_steps):
     config = self._config
@@ -371,8 +545,8 @@ class EvaluatorNode:
         'final_eval': final,
         'wall_time_s': time.time() - self._start,
     }
-    with open(os.path.join(self._run.workdir, SUMMARY_FILE), 'w') as f:
-      json.dump(summary, f, indent=2)
+    _write_json_atomically(os.path.join(self._run.workdir, SUMMARY_FILE),
+                           summary)
     logging.info('run finished: %s', summary)
     self._stop_program()
 
@@ -399,38 +573,50 @@ def make_learner_logger(run: RunConfig):
 
 def make_program(config: IQLConfig, offline_dataset_fn: OfflineDatasetFn,
                  run: RunConfig, name: str = 'iql_finetune') -> lp.Program:
-  """Builds the Launchpad program for an offline-to-online IQL run."""
+  """Builds the Launchpad program for an offline-to-online IQL run.
+
+  The nodes' handles are in `program.iql_handles` (for the supervisor).
+  """
   for stale in (SUMMARY_FILE, FAILURE_FILE):  # From an earlier (resumed) run.
     if os.path.exists(os.path.join(run.workdir, stale)):
       os.remove(os.path.join(run.workdir, stale))
+  for stale in glob.glob(node_error_file(run.workdir, '*')):
+    os.remove(stale)
+  prune_checkpoints(run.workdir, load_state(run.workdir))
+  replay_root = replay_checkpoint_root(run.workdir)
   builder = IQLBuilder(config, offline_dataset_fn,
                        logger_fn=functools.partial(make_learner_logger, run))
   os.makedirs(os.path.join(run.workdir, 'logs'), exist_ok=True)
   environment_spec = specs.make_environment_spec(
       envs.make_environment(run.env_name, seed=run.seed))
-  done_steps = load_counts(run.workdir).get('actor_steps', 0)
-  budgets = actor_step_budgets(builder.config.online_steps, run.num_actors,
-                               done_steps)
   key = jax.random.PRNGKey(run.seed)
   learner_key, evaluator_key, *actor_keys = jax.random.split(
       key, 2 + run.num_actors)
 
   program = lp.Program(name=name)
   with program.group('replay'):
+    # Reverb restores the newest checkpoint under its root: the one
+    # state.json names (prune_checkpoints removed any other).
     replay = program.add_node(lp.ReverbNode(
-        lambda: builder.make_replay_tables(environment_spec)))
+        lambda: builder.make_replay_tables(environment_spec),
+        checkpoint_ctor=lambda: reverb.checkpointers.DefaultCheckpointer(
+            replay_root)))
   with program.group('counter'):
-    counter = program.add_node(lp.CourierNode(make_counter, run.workdir))
+    counter = program.add_node(lp.CourierNode(
+        make_counter, run.workdir, builder.config.online_steps, replay,
+        builder.config.replay_table_name))
   with program.group('learner'):
     learner = program.add_node(lp.CourierNode(
         LearnerNode, builder, run, environment_spec, learner_key, replay,
         counter))
   with program.group('actor'):
-    for actor_id, (actor_key, budget) in enumerate(zip(actor_keys, budgets)):
+    for actor_id, actor_key in enumerate(actor_keys):
       program.add_node(lp.CourierNode(
-          ActorNode, builder, run, actor_id, budget, actor_key, replay,
-          learner, counter))
+          ActorNode, builder, run, actor_id, actor_key, replay, learner,
+          counter))
   with program.group('evaluator'):
-    program.add_node(lp.CourierNode(
+    evaluator = program.add_node(lp.CourierNode(
         EvaluatorNode, builder, run, evaluator_key, learner, counter, replay))
+  program.iql_handles = {'replay': replay, 'counter': counter,
+                         'learner': learner, 'evaluator': evaluator}
   return program

@@ -18,6 +18,7 @@ from iql_acme.standin import mppi
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'experiments'))
 import make_maze2d  # pylint: disable=g-import-not-at-top,wrong-import-position
+import make_pen_demos  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 PEN = 'pen-binary-v0'
 PEN_OBS_DIM, PEN_ACT_DIM = 45, 24
@@ -95,6 +96,132 @@ def test_mppi_lowers_cost_below_zero_action_on_a_short_episode():
   zero_cost = _episode_cost(seed, steps, lambda env: np.zeros(PEN_ACT_DIM))
   mppi_cost = _episode_cost(seed, steps, plan)
   assert mppi_cost < zero_cost - 0.05, (mppi_cost, zero_cost)
+
+
+def test_knot_interpolation_is_linear_between_knots():
+  weights = mppi.knot_interpolation(horizon=7, every=3)
+  assert weights.shape == (7, 4)
+  np.testing.assert_allclose(weights.sum(1), 1.0)
+  knots = np.array([0.0, 3.0, -3.0, 6.0])
+  np.testing.assert_allclose(weights @ knots, [0, 1, 2, 3, 1, -1, -3])
+
+
+def _planner_actions(config, seed=2, steps=12):
+  env = _pen_env(seed)
+  u = env.unwrapped
+  planner = mppi.MPPIPlanner(
+      u.model, mppi.PenTrajectoryCost(u.model, mppi.PenCostConfig()),
+      u.act_mean, u.act_rng, u.frame_skip, config, seed=0)
+  actions = []
+  for _ in range(steps):
+    actions.append(planner.act(u.data))
+    env.step(actions[-1])
+  return np.array(actions)
+
+
+def test_smoothing_options_make_smoother_plans():
+  base = dict(num_samples=16, horizon=6, noise_std=0.3, num_threads=1,
+              plan_substeps=2)
+  jerky = _planner_actions(mppi.MPPIConfig(**base))
+  smooth = _planner_actions(mppi.MPPIConfig(
+      **base, noise_knot_every=3, action_change_cost=0.05, action_filter=0.5))
+  jerky_change = make_pen_demos.action_smoothness([jerky])
+  smooth_change = make_pen_demos.action_smoothness([smooth])
+  assert (smooth_change['mean_abs_action_change'] <
+          0.5 * jerky_change['mean_abs_action_change'])
+
+
+def test_action_filter_starts_from_the_executed_action():
+  env = _pen_env(seed=4)
+  u = env.unwrapped
+  planner = mppi.MPPIPlanner(
+      u.model, mppi.PenTrajectoryCost(u.model, mppi.PenCostConfig()),
+      u.act_mean, u.act_rng, u.frame_skip,
+      mppi.MPPIConfig(num_samples=4, horizon=2, num_threads=1,
+                      action_filter=1.0), seed=0)
+  executed = np.linspace(-0.5, 0.5, PEN_ACT_DIM)
+  # A filter weight of 1 keeps the previous action whatever the plan says.
+  np.testing.assert_allclose(planner.act(u.data, executed), executed)
+
+
+def test_action_smoothness_of_known_sequences():
+  steps = 10
+  alternating = np.where(np.arange(steps) % 2 == 0, 1.0, -1.0)[:, None]
+  stats = make_pen_demos.action_smoothness([alternating])
+  assert stats['mean_abs_action_change'] == pytest.approx(2.0)
+  assert stats['lag1_autocorrelation'] == pytest.approx(-(steps - 1) / steps)
+  constant_and_ramp = np.stack([np.zeros(steps), np.arange(steps)], 1)
+  stats = make_pen_demos.action_smoothness([constant_and_ramp])
+  assert stats['mean_abs_action_change'] == pytest.approx(0.5)
+  centred = np.arange(steps) - (steps - 1) / 2
+  # The constant dimension is left out of the autocorrelation.
+  assert stats['lag1_autocorrelation'] == pytest.approx(
+      np.sum(centred[1:] * centred[:-1]) / np.sum(centred ** 2))
+
+
+class _RecordingLabeler:
+  """Stands in for the planner: returns a fixed label, records its inputs."""
+
+  def __init__(self):
+    self.previous = []
+
+  def act(self, data, previous_action):
+    del data
+    self.previous.append(None if previous_action is None
+                         else np.array(previous_action))
+    return np.full(PEN_ACT_DIM, 0.25)
+
+
+def test_policy_episode_labels_every_visited_state():
+  env = envs.make_gymnasium_env(PEN, seed=0)
+  labeler = _RecordingLabeler()
+  rng = np.random.default_rng(0)
+  policy = lambda obs: np.full(PEN_ACT_DIM, 0.1)
+  episode = make_pen_demos.run_policy_episode(
+      env, 7, policy, noise_std=0.2, rng=rng, labeler=lambda env: labeler)
+  steps = envs.max_episode_steps(PEN)
+  assert episode['actions'].shape == (steps, PEN_ACT_DIM)
+  assert episode['observations'].shape == (steps + 1, PEN_OBS_DIM)
+  np.testing.assert_allclose(episode['labels'], 0.25)
+  # The labeler is told the action executed before each state (noise
+  # included), and nothing before the first.
+  assert labeler.previous[0] is None
+  np.testing.assert_allclose(np.array(labeler.previous[1:]),
+                             episode['actions'][:-1], atol=1e-6)
+  assert np.std(episode['actions'] - 0.1) > 0.1
+  # The env was reset with seed 7: same target as a fresh reset.
+  observation, _ = env.reset(seed=7)
+  np.testing.assert_allclose(episode['observations'][0], observation,
+                             atol=1e-6)
+
+
+def test_dagger_adds_labelled_states_and_is_cached(tmp_path):
+  env = envs.make_gymnasium_env(PEN, seed=0)
+  demo = make_pen_demos.run_policy_episode(
+      env, 11, lambda obs: np.zeros(PEN_ACT_DIM))
+  args = make_pen_demos.parse_args([
+      '--out', str(tmp_path), '--dagger_rounds', '1', '--dagger_episodes',
+      '1', '--seed', '0'])
+  config = mppi.MPPIConfig(num_samples=4, horizon=2, num_threads=1,
+                           plan_substeps=1, noise_knot_every=2)
+  bc_config = bc.BCConfig(hidden_sizes=(16,), num_steps=20, batch_size=32)
+  results = []
+  for _ in range(2):  # the second pass reads the cached DAgger episode
+    params, history = make_pen_demos.dagger(
+        args, env, [demo], config, mppi.PenCostConfig(), bc_config,
+        str(tmp_path), eval_seeds=[100, 101], log=lambda _: None)
+    results.append((params, history))
+  assert [h['round'] for h in history] == [0, 1]
+  assert history[0]['training_transitions'] == len(demo['actions'])
+  dagger_steps = history[1]['training_transitions'] - len(demo['actions'])
+  assert 0 < dagger_steps <= envs.max_episode_steps(PEN)
+  for h in history:
+    assert h['episodes'] == 2
+    assert h['standard_error'] == pytest.approx(
+        np.sqrt(h['success_rate'] * (1 - h['success_rate']) / 2))
+  assert os.path.exists(tmp_path / 'dagger_1_0000.npz')
+  for name in results[0][0]:
+    np.testing.assert_array_equal(results[0][0][name], results[1][0][name])
 
 
 def _fake_pen_episode(rng, steps=12, achieved_from=5):

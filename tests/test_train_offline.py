@@ -71,11 +71,85 @@ def test_train_offline_writes_logs_evaluations_and_curve(
   _assert_png(os.path.join(out, 'learning_curve.png'))
 
 
+MULTI_STEPS, MULTI_OFFLINE_STEPS, MULTI_EVAL_EVERY = 60, 30, 30
+MULTI_SEEDS = (0, 1)
+ACTOR_LR = 3e-4  # IQLConfig's actor_learning_rate (the preset keeps it).
+
+
+def test_seeds_train_together_and_summarise_across_seeds(
+    pen_random_npz, tmp_path, capsys):
+  out = str(tmp_path / 'seeds')
+  common = ['--env', 'pen-binary-v0', '--dataset', pen_random_npz,
+            '--steps', str(MULTI_STEPS),
+            '--offline_steps', str(MULTI_OFFLINE_STEPS),
+            '--eval_every', str(MULTI_EVAL_EVERY), '--eval_episodes', '1',
+            '--batch_size', '32']
+  train_offline.main(common + ['--out', out, '--seeds',
+                               ','.join(map(str, MULTI_SEEDS))])
+  assert 'per seed x 2' in capsys.readouterr().out
+
+  finals = []
+  for seed in MULTI_SEEDS:
+    seed_dir = os.path.join(out, f'seed_{seed}')
+    evals = _rows(os.path.join(seed_dir, 'eval.csv'))
+    assert [int(r['learner_steps']) for r in evals] == [
+        0, MULTI_EVAL_EVERY, MULTI_STEPS]
+    for key in ('mean_return', 'normalized_score', 'success_rate'):
+      assert all(r[key] != '' for r in evals)
+    train = _rows(os.path.join(seed_dir, 'train.csv'))
+    assert int(train[-1]['learner_steps']) == MULTI_STEPS
+    # --offline_steps sets the actor schedule: cosine below it (the first
+    # chunk's mean rate is under the peak), constant past it (the second
+    # chunk, steps 30-59).
+    assert float(train[0]['actor_lr']) < ACTOR_LR
+    assert math.isclose(float(train[-1]['actor_lr']), ACTOR_LR, rel_tol=1e-6)
+    with open(os.path.join(seed_dir, 'summary.json')) as f:
+      seed_summary = json.load(f)
+    assert seed_summary['seed'] == seed
+    assert seed_summary['offline_steps'] == MULTI_OFFLINE_STEPS
+    finals.append(seed_summary['final_eval'])
+    _assert_png(os.path.join(seed_dir, 'learning_curve.png'))
+  # Seeds are independent: different training curves.
+  losses = [[float(r['critic_loss']) for r in _rows(
+      os.path.join(out, f'seed_{s}', 'train.csv'))] for s in MULTI_SEEDS]
+  assert losses[0] != losses[1]
+
+  with open(os.path.join(out, 'summary.json')) as f:
+    summary = json.load(f)
+  assert summary['seeds'] == list(MULTI_SEEDS)
+  assert summary['steps'] == MULTI_STEPS
+  assert summary['final_eval'] == {str(s): e for s, e in zip(MULTI_SEEDS,
+                                                             finals)}
+  for key in ('normalized_score', 'success_rate'):
+    values = [e[key] for e in finals]
+    assert summary[key]['values'] == values
+    assert math.isclose(summary[key]['mean'], sum(values) / len(values))
+    mean = sum(values) / len(values)
+    stderr = math.sqrt(sum((v - mean)**2 for v in values)
+                       / (len(values) - 1) / len(values))
+    assert math.isclose(summary[key]['stderr'], stderr, abs_tol=1e-12)
+
+  # Seed 1 of the vmapped run is the run of --seed 1 alone.
+  single = str(tmp_path / 'single')
+  train_offline.main(common + ['--out', single, '--seed', '1'])
+  single_train = _rows(os.path.join(single, 'train.csv'))
+  vmapped_train = _rows(os.path.join(out, 'seed_1', 'train.csv'))
+  assert len(single_train) == len(vmapped_train)
+  for a, b in zip(single_train, vmapped_train):
+    for key in LOSSES:
+      assert math.isclose(float(a[key]), float(b[key]), rel_tol=1e-4,
+                          abs_tol=1e-6)
+
+
 @pytest.mark.parametrize('flags,message', [
     (['--env', 'pong-v9'], '--env'),
     (['--dataset', '/nonexistent/data.npz'], '--dataset'),
     (['--steps', '0'], '--steps'),
     (['--eval_every', 'ten'], '--eval_every'),
+    (['--seeds', '0,x'], '--seeds'),
+    (['--seeds', '1,1'], '--seeds'),
+    (['--offline_steps', '-5'], '--offline_steps'),
+    (['--seed', '1', '--seeds', '2,3'], '--seeds'),
 ])
 def test_bad_flags_one_line_error_exit_2(pen_random_npz, tmp_path, capsys,
                                          flags, message):

@@ -40,6 +40,11 @@ class GymnasiumToDmEnv(dm_env.Environment):
     self._action_spec = _action_spec(environment.action_space)
     self._action_shape = self._action_spec.shape
 
+  def reseed(self, seed: int):
+    """The next `reset()` seeds the environment with `seed` (and so starts
+    from the same initial state and goal every time it is given)."""
+    self._seed, self._seeded = seed, False
+
   def reset(self) -> dm_env.TimeStep:
     if self._seeded:
       observation, info = self._environment.reset()

@@ -23,6 +23,9 @@ class BCConfig:
   batch_size: int = 256
   num_steps: int = 3000
   weight_decay: float = 1e-4
+  # Std of Gaussian noise added to the standardised inputs of each batch
+  # (a cheap robustness augmentation; 0 switches it off).
+  input_noise: float = 0.0
 
 
 def _init_params(key, sizes: Sequence[int]) -> list:
@@ -67,7 +70,11 @@ def fit_bc(observations: np.ndarray, actions: np.ndarray, config: BCConfig,
   rng = np.random.default_rng(seed)
   for step in range(1, config.num_steps + 1):
     index = rng.integers(0, len(inputs), config.batch_size)
-    params, opt_state, loss = update(params, opt_state, inputs[index],
+    batch = inputs[index]
+    if config.input_noise:
+      batch = batch + rng.normal(0.0, config.input_noise,
+                                 batch.shape).astype(np.float32)
+    params, opt_state, loss = update(params, opt_state, batch,
                                      actions[index])
     if step % log_every == 0 or step == config.num_steps:
       log_fn(f'bc step {step}/{config.num_steps} mse {float(loss):.4f}')

@@ -8,6 +8,14 @@ position error, and moves the plan to the exponentially weighted mean of the
 samples (Williams et al. 2017). The plan is warm-started by shifting it one
 step after every executed action.
 
+Smoothing options (`MPPIConfig`): noise drawn at knots every
+`noise_knot_every` steps and interpolated linearly in time, a cost
+`action_change_cost * sum |a_t - a_{t-1}|^2` on the planned actions (starting
+from the previously executed action), and an exponential filter
+`a = action_filter * a_prev + (1 - action_filter) * plan[0]` on the executed
+action. Per-step white noise (the default) makes jerky actions that a
+policy cannot imitate.
+
 One subtlety matters for the cost: `AdroitHandPenEnv.step` runs `frame_skip`
 `mj_step`s and then reads `xpos`/`site_xpos`, which `mj_step` computed *before*
 its last integration. Reward and observation therefore describe the state one
@@ -162,6 +170,21 @@ class MPPIConfig:
   # env's frame_skip plans on a copy of the model with a longer timestep:
   # proportionally cheaper, slightly less faithful.
   plan_substeps: Optional[int] = None
+  # Smoothing (see the module docstring); the defaults switch it off.
+  noise_knot_every: int = 1
+  action_change_cost: float = 0.0
+  action_filter: float = 0.0
+
+
+def knot_interpolation(horizon: int, every: int) -> np.ndarray:
+  """[horizon, knots] weights: linear interpolation between knots every k steps."""
+  num_knots = -(-horizon // every) + 1
+  weights = np.zeros((horizon, num_knots))
+  for t in range(horizon):
+    knot, fraction = divmod(t, every)
+    weights[t, knot] = 1.0 - fraction / every
+    weights[t, knot + 1] = fraction / every
+  return weights
 
 
 class MPPIPlanner:
@@ -195,10 +218,14 @@ class MPPIPlanner:
     self._state = np.empty(mujoco.mj_stateSize(model, FULL_PHYSICS))
     self.plan = np.zeros((config.horizon, model.nu))
     self.last_costs: Optional[np.ndarray] = None
+    self._knots = (None if config.noise_knot_every <= 1 else
+                   knot_interpolation(config.horizon, config.noise_knot_every))
+    self.previous_action: Optional[np.ndarray] = None
 
   def reset(self, plan: Optional[np.ndarray] = None):
     self.plan = (np.zeros_like(self.plan) if plan is None
                  else np.array(plan, np.float64))
+    self.previous_action = None
 
   def rollout_costs(self, data: mujoco.MjData, plans: np.ndarray) -> np.ndarray:
     """Costs [K] of open-loop normalised plans [K, H, nu] from `data`'s state."""
@@ -215,20 +242,43 @@ class MPPIPlanner:
     scored = states[:, max(substeps - 2, 0)::substeps]
     return self.cost_fn(scored)
 
-  def act(self, data: mujoco.MjData) -> np.ndarray:
-    """Improves the plan from `data`'s state; returns its first action."""
+  def act(self, data: mujoco.MjData,
+          previous_action: Optional[np.ndarray] = None) -> np.ndarray:
+    """Improves the plan from `data`'s state; returns the action to execute.
+
+    `previous_action` is the action executed last (for the change cost and
+    the filter); by default the one this planner returned last. Pass it when
+    something else acts, e.g. a policy the planner labels (DAgger).
+    """
     config = self.config
-    noise = self._rng.normal(
-        0.0, config.noise_std, (config.num_samples,) + self.plan.shape)
+    if previous_action is not None:
+      self.previous_action = np.array(previous_action, np.float64)
+    if self.previous_action is None:
+      self.previous_action = self.plan[0].copy()
+    if self._knots is None:
+      noise = self._rng.normal(
+          0.0, config.noise_std, (config.num_samples,) + self.plan.shape)
+    else:
+      knot_noise = self._rng.normal(
+          0.0, config.noise_std,
+          (config.num_samples, self._knots.shape[1], self.plan.shape[1]))
+      noise = np.einsum('tk,skd->std', self._knots, knot_noise)
     noise[0] = 0.0  # keep the unperturbed warm start among the samples
     samples = np.clip(self.plan + noise, -1.0, 1.0)
     costs = self.rollout_costs(data, samples)
+    if config.action_change_cost:
+      changes = np.diff(samples, axis=1, prepend=np.broadcast_to(
+          self.previous_action, (len(samples), 1, samples.shape[2])))
+      costs = costs + config.action_change_cost * np.sum(
+          np.square(changes), axis=(1, 2))
     scale = config.temperature * max(float(np.std(costs)), _MIN_COST_SCALE)
     weights = np.exp(-(costs - costs.min()) / scale)
     weights /= weights.sum()
     self.plan = np.tensordot(weights, samples, axes=1)
     self.last_costs = costs
-    action = self.plan[0].copy()
+    action = (config.action_filter * self.previous_action +
+              (1.0 - config.action_filter) * self.plan[0])
+    self.previous_action = action.copy()
     # Warm start for the next step: shift by one, repeat the last action.
     self.plan = np.concatenate([self.plan[1:], self.plan[-1:]], axis=0)
     return action
