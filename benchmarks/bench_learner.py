@@ -13,9 +13,9 @@ warm-up (compilation excluded); the median over repeats is reported:
   single   the same with one update per call and the metrics fetched to the
            host after each (as `IQLLearner.step()` does for its logger).
   vmap_N   N independent seeds in one jitted call (`make_multi_seed_steps`:
-           `jax.vmap` over the stacked states, 100 updates per call, one
-           shared dataset), as `experiments/train_offline.py --seeds` runs
-           them. Reported as seed-updates/s (N x updates/s of each seed), the
+           `jax.vmap` over the stacked states, or `lax.map` on a CPU backend,
+           100 updates per call, one shared dataset), as
+           `experiments/train_offline.py --seeds` runs them. Reported as seed-updates/s (N x updates/s of each seed), the
            per-seed rate, and the seed-updates/s ratio to `scan`.
   original the structure of the original JAX IQL code (ikostrikov/
            implicit_q_learning): numpy batch sampling on the host, one jitted
@@ -366,6 +366,8 @@ def main():
       'scan_steps_per_call': SCAN_STEPS, 'batch_size': BATCH_SIZE,
       'repeats': args.repeats, 'updates_per_repeat': updates,
       'backend': jax.default_backend(), 'jax_version': jax.__version__,
+      'multi_seed_map': ('lax.map' if jax.default_backend() == 'cpu' else
+                         'vmap'),
   }
   if not args.no_original:
     result['updates_per_s_original'] = round(rates['original'], 2)

@@ -263,14 +263,24 @@ def make_multi_seed_steps(networks: IQLNetworks, config: IQLConfig,
                           ) -> OfflineSteps:
   """`steps(states, data, num_steps)` for stacked states, jitted.
 
-  One `jax.vmap` over the seed axis of the state; every seed samples its own
-  batches (from its own key) from the same on-device dataset. Metrics come
+  One `jax.vmap` over the seed axis of the state (on CPU a `lax.map`, see
+  below); every seed samples its own batches (from its own key) from the
+  same on-device dataset. Metrics come
   back with the seed axis leading.
   """
   offline_steps = make_offline_steps(networks, config, optimizers)
 
   def multi_seed_steps(states, data, num_steps):
-    return jax.vmap(lambda s: offline_steps(s, data, num_steps))(states)
+    def one_seed(state):
+      return offline_steps(state, data, num_steps)
+    if jax.default_backend() == 'cpu':
+      # XLA:CPU (jax 0.4.30) runs the twin-Q ensemble matmul, which vmap
+      # gives a second batch axis, fused with its bias add ~200x slower
+      # than with one batch axis (benchmarks/bench_learner.py: 0.8 vs 55
+      # seed-updates/s). A CPU gains no throughput from vmap anyway, so
+      # there the seeds take turns inside the same jitted call.
+      return jax.lax.map(one_seed, states)
+    return jax.vmap(one_seed)(states)
   return jit_offline_steps(multi_seed_steps)
 
 

@@ -16,7 +16,7 @@ from iql_acme import networks as networks_lib
 from iql_acme.builder import InterruptibleIterator, samples_per_insert
 from iql_acme.types import RewardTransform
 
-from conftest import random_policy_transitions
+from real_transitions import random_policy_transitions
 
 ENV = 'pen-binary-v0'
 BATCH = 8
