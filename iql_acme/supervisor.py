@@ -34,6 +34,10 @@ from launchpad.launch.run_locally import run_locally
 POLL_S = 0.5                   # How often nodes are checked.
 STOP_GRACE_S = 10.0            # SIGTERM to SIGKILL when stopping nodes.
 RPC_TIMEOUT_S = 30.0           # Launcher -> node calls (checkpoint, release).
+STOP_BOUND_S = 30.0            # A stop signal ends every node within this.
+# The checkpoint a stop asks for, and then the stop itself, fit in the bound
+# (a learner still starting up cannot answer: its last checkpoint stands).
+STOP_CHECKPOINT_TIMEOUT_S = STOP_BOUND_S - STOP_GRACE_S - 5.0
 EXIT_FAILED = 1
 _PR_SET_PDEATHSIG = 1          # prctl(2): signal a child when its parent dies.
 

@@ -193,7 +193,8 @@ def _supervise(program, run, launch_type) -> int:
       release_actor=lambda i: supervisor.courier_client(
           handles['counter']).release(i),
       checkpoint=lambda: supervisor.courier_client(
-          handles['learner']).checkpoint(),
+          handles['learner'],
+          timeout_s=supervisor.STOP_CHECKPOINT_TIMEOUT_S).checkpoint(),
       error_file=lambda node: program_lib.node_error(run.workdir, node))
   watch.install_signal_handlers()
   code = watch.run()

@@ -7,6 +7,7 @@ pure update itself is tested in tests/core/test_update.py.
 
 import collections
 import os
+import sys
 
 os.environ.setdefault('D4RL_SUPPRESS_IMPORT_ERROR', '1')
 
@@ -22,10 +23,9 @@ from iql_acme import networks as iql_networks  # pylint: disable=g-import-not-at
 from iql_acme.config import IQLConfig  # pylint: disable=g-import-not-at-top,wrong-import-position
 from iql_acme.types import RewardTransform, Transitions  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-OBS_DIM = 3
-ACT_DIM = 2
-HIDDEN = (16, 16)
-BATCH = 32
+# The core tests' small problem and batches (tests/core/test_update.py).
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), 'core'))
+from test_update import ACT_DIM, BATCH, OBS_DIM, _batch, _config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _spec():
@@ -34,23 +34,6 @@ def _spec():
       actions=specs.BoundedArray((ACT_DIM,), np.float32, -1.0, 1.0),
       rewards=specs.Array((), np.float32),
       discounts=specs.BoundedArray((), np.float32, 0.0, 1.0))
-
-
-def _config(**overrides):
-  return IQLConfig(**{'hidden_dims': HIDDEN, 'batch_size': BATCH, **overrides})
-
-
-def _batch(seed=0, size=BATCH, discounts=None, rewards=None):
-  rng = np.random.default_rng(seed)
-  return Transitions(
-      observations=rng.standard_normal((size, OBS_DIM)).astype(np.float32),
-      actions=rng.uniform(-0.9, 0.9, (size, ACT_DIM)).astype(np.float32),
-      rewards=(rng.standard_normal(size) if rewards is None
-               else np.full(size, rewards)).astype(np.float32),
-      discounts=(np.ones(size) if discounts is None
-                 else discounts).astype(np.float32),
-      next_observations=rng.standard_normal((size, OBS_DIM)).astype(np.float32),
-      episode_ends=np.zeros(size, bool))
 
 
 def _tree_allclose(a, b, **kwargs):
