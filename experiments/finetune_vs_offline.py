@@ -165,10 +165,8 @@ def curve_points(rows, eval_every: int) -> Dict[int, float]:
   """Score by learner step, snapped to the evaluation grid (the launcher's
   evaluations land a few updates past each multiple of eval_every)."""
   points = {}
-  for row in rows:
+  for row in rows:  # A later row at the same grid point wins (offline_end).
     step = plot_run.number(row['learner_steps'])
-    if row.get('phase') == 'offline_end':
-      continue  # Same grid point as the offline row at offline_steps.
     points[int(round(step / eval_every) * eval_every)] = plot_run.number(
         row[SCORE])
   return points

@@ -259,24 +259,25 @@ def init_training_states(networks: IQLNetworks, optimizers: Optimizers,
 
 
 def make_multi_seed_steps(networks: IQLNetworks, config: IQLConfig,
-                          optimizers: Optional[Optimizers] = None
-                          ) -> OfflineSteps:
+                          optimizers: Optional[Optimizers] = None,
+                          vectorize: Optional[bool] = None) -> OfflineSteps:
   """`steps(states, data, num_steps)` for stacked states, jitted.
 
   One `jax.vmap` over the seed axis of the state (on CPU a `lax.map`, see
   below); every seed samples its own batches (from its own key) from the
-  same on-device dataset. Metrics come
-  back with the seed axis leading.
+  same on-device dataset. Metrics come back with the seed axis leading.
+  `vectorize` forces one or the other (default: vmap unless on CPU).
   """
   offline_steps = make_offline_steps(networks, config, optimizers)
 
   def multi_seed_steps(states, data, num_steps):
     def one_seed(state):
       return offline_steps(state, data, num_steps)
-    if jax.default_backend() == 'cpu':
+    if not (vectorize if vectorize is not None else
+            jax.default_backend() != 'cpu'):
       # XLA:CPU (jax 0.4.30) runs the twin-Q ensemble matmul, which vmap
       # gives a second batch axis, fused with its bias add ~200x slower
-      # than with one batch axis (benchmarks/bench_learner.py: 0.8 vs 55
+      # than with one batch axis (4 pen-sized seeds: 0.8 vs 97
       # seed-updates/s). A CPU gains no throughput from vmap anyway, so
       # there the seeds take turns inside the same jitted call.
       return jax.lax.map(one_seed, states)

@@ -91,10 +91,11 @@ def test_core_imports_nothing_of_the_2022_stack():
   assert not imported & set(STACK_2022), imported & set(STACK_2022)
 
 
-def test_vmapped_seeds_equal_single_seed_runs(core):
+@pytest.mark.parametrize('vectorize', [True, False])  # vmap, lax.map
+def test_multi_seed_runs_equal_single_seed_runs(core, vectorize):
   seeds = [0, 3, 5]
   multi_steps = training.make_multi_seed_steps(core.networks, CONFIG,
-                                               core.optimizers)
+                                               core.optimizers, vectorize)
   states = training.init_training_states(core.networks, core.optimizers,
                                          training.seed_keys(seeds))
   states, metrics = multi_steps(states, core.data, NUM_UPDATES)
