@@ -21,7 +21,7 @@ export D4RL_SUPPRESS_IMPORT_ERROR := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export MUJOCO_GL := egl
 
-.PHONY: run test bench bench-core toy venv venv-core gpu clean
+.PHONY: run test bench bench-core bench-system toy venv venv-core gpu clean
 
 venv: $(STAMP)
 
@@ -77,6 +77,9 @@ bench: $(STAMP)
 
 bench-core: $(CORE_STAMP)
 	$(CORE_PY) benchmarks/bench_learner.py --repeats 7 --updates 1000
+
+bench-system: $(STAMP)
+	$(PY) benchmarks/bench_system.py
 
 toy: $(STAMP)
 	$(PY) experiments/toy_umaze.py --out out/toy_umaze

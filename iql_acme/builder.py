@@ -11,14 +11,15 @@ from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
 from acme import adders
 from acme import core
 from acme import specs
-from acme.adders import reverb as adders_reverb
 from acme.agents.jax import builders
 from acme.datasets import reverb as datasets
 from acme.jax import networks as networks_lib
 from acme.utils import counting
 from acme.utils import loggers
+import numpy as np
 import reverb
 from reverb import rate_limiters
+import tensorflow as tf
 
 from iql_acme import actors
 from iql_acme import compat
@@ -36,6 +37,8 @@ OfflineDatasetFn = Callable[[], Tuple[Transitions, RewardTransform]]
 
 # How long the learner waits on replay before checking for a stop request.
 REPLAY_POLL_S = 0.1
+# Inserts an actor may have unconfirmed (Acme's adders' default).
+MAX_IN_FLIGHT_ITEMS = 5
 
 
 class InterruptibleIterator:
@@ -102,6 +105,60 @@ def make_rate_limiter(config: IQLConfig) -> rate_limiters.RateLimiter:
       error_buffer=max(tolerance, 2 * fetch, 2 * spi))
 
 
+def replay_signature(environment_spec: specs.EnvironmentSpec) -> tf.TensorSpec:
+  """One float32 row per transition (layout: `learning.transition_row`)."""
+  size = learning.transition_row_size(
+      int(np.prod(environment_spec.observations.shape)),
+      int(np.prod(environment_spec.actions.shape)))
+  return tf.TensorSpec([size], tf.float32, name='transition')
+
+
+class TransitionRowAdder(adders.Adder):
+  """Inserts each transition (s, a, r, discount, s') as one replay row.
+
+  The stored discount is the environment's (0 at a terminal, 1 at a
+  time-limit cut), i.e. the mask of eq. (6), as for offline data; what
+  Acme's NStepTransitionAdder stores with n_step=1, in one column.
+  """
+
+  def __init__(self, client: reverb.Client, table: str,
+               max_in_flight_items: int = MAX_IN_FLIGHT_ITEMS):
+    self._client, self._table = client, table
+    self._max_in_flight_items = max_in_flight_items
+    self._writer = None
+    self._observation = None
+
+  def add_first(self, timestep):
+    if not timestep.first():
+      raise ValueError('add_first needs the first timestep of an episode')
+    self._observation = timestep.observation
+
+  def add(self, action, next_timestep, extras=()):
+    del extras  # The IQL policy has none.
+    if self._observation is None:
+      raise ValueError('add_first must be called before add')
+    if self._writer is None:
+      self._writer = self._client.trajectory_writer(num_keep_alive_refs=1)
+    self._writer.append(learning.transition_row(
+        self._observation, action, next_timestep.reward,
+        next_timestep.discount, next_timestep.observation))
+    self._writer.create_item(self._table, 1.0, self._writer.history[-1])
+    # Blocks while Reverb's rate limiter holds the inserts: the pacing.
+    self._writer.flush(self._max_in_flight_items)
+    self._observation = next_timestep.observation
+    if next_timestep.last():
+      self.reset()  # As Acme's adders: a finished episode is all in replay.
+
+  def flush(self):
+    """Returns once every added transition is in replay."""
+    if self._writer is not None:
+      self._writer.flush()
+
+  def reset(self):
+    self.flush()
+    self._observation = None
+
+
 class IQLBuilder(builders.ActorLearnerBuilder):
   """Builds IQL's replay table, adder, dataset iterator, actors and learner."""
 
@@ -125,8 +182,7 @@ class IQLBuilder(builders.ActorLearnerBuilder):
         remover=reverb.selectors.Fifo(),
         max_size=self._config.max_replay_size,
         rate_limiter=make_rate_limiter(self._config),
-        signature=adders_reverb.NStepTransitionAdder.signature(
-            environment_spec))]
+        signature=replay_signature(environment_spec))]
 
   def make_dataset_iterator(
       self, replay_client: reverb.Client) -> Iterator[reverb.ReplaySample]:
@@ -143,11 +199,7 @@ class IQLBuilder(builders.ActorLearnerBuilder):
     return InterruptibleIterator(dataset.as_numpy_iterator())
 
   def make_adder(self, replay_client: reverb.Client) -> Optional[adders.Adder]:
-    # n_step=1: the stored discount is the environment's (0 at a terminal, 1
-    # at a time-limit cut), i.e. the mask of eq. (6), as for offline data.
-    return adders_reverb.NStepTransitionAdder(
-        priority_fns={self._config.replay_table_name: None},
-        client=replay_client, n_step=1, discount=self._config.discount)
+    return TransitionRowAdder(replay_client, self._config.replay_table_name)
 
   def make_actor(self,
                  random_key: networks_lib.PRNGKey,

@@ -41,8 +41,12 @@ class IQLConfig:
   replay_table_name: str = 'iql_online'
   max_replay_size: int = 2_000_000
   min_replay_size: int = 1
-  # How far (in updates) either side may run ahead of the other.
-  rate_limit_tolerance_steps: int = 20
+  # How far (in updates) either side may run ahead of the other. It must
+  # cover the samples the learner's Reverb pipeline holds in flight: at 20,
+  # learner and actors took turns (51 updates/s with 2 actors, the learner
+  # idle a third of the time); at 64 they overlap (72/s in the same
+  # conditions; benchmarks/bench_system.py, README).
+  rate_limit_tolerance_steps: int = 64
   prefetch_size: int = 1  # Reverb fetches buffered ahead of the learner.
   variable_update_period: int = 100  # actor parameter refresh, in actor steps
 

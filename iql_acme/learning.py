@@ -10,11 +10,14 @@ Online phase: each update mixes a Reverb batch of fresh transitions with an
 offline batch, either as one uniform pool or with a fixed online fraction.
 """
 
+import concurrent.futures
 import threading
 import time
 from typing import Iterator, List, Optional
 
+from absl import logging
 import acme
+from acme import types as acme_types
 from acme.utils import counting
 from acme.utils import loggers
 import jax
@@ -33,8 +36,40 @@ from iql_acme.training import (  # pylint: disable=unused-import
     polyak_update, sample_transitions)
 
 
-def transitions_from_replay(data, reward_transform: RewardTransform):
-  """Acme `types.Transition` from Reverb -> `Transitions`, same reward transform."""
+# Replay stores each transition as one float32 row, laid out as
+# [observation, action, reward, discount, next_observation]: Reverb's cost
+# per sampled item grows with its columns (chunks to fetch, decompress and
+# batch), and one column is about 4x cheaper per row than five
+# (benchmarks/bench_system.py); the learner samples 256 rows per update.
+SCALARS_PER_ROW = 2  # reward, discount
+
+
+def transition_row_size(obs_dim: int, act_dim: int) -> int:
+  return 2 * obs_dim + act_dim + SCALARS_PER_ROW
+
+
+def transition_row(observation, action, reward, discount,
+                   next_observation) -> np.ndarray:
+  """One transition as a replay row (see SCALARS_PER_ROW for the layout)."""
+  return np.concatenate([
+      np.ravel(observation), np.ravel(action), [reward, discount],
+      np.ravel(next_observation)]).astype(np.float32)
+
+
+def split_transition_rows(rows, obs_dim: int) -> acme_types.Transition:
+  """Replay rows [..., row size] -> Acme's Transition (views, no copies)."""
+  act_end = rows.shape[-1] - obs_dim - SCALARS_PER_ROW
+  return acme_types.Transition(
+      observation=rows[..., :obs_dim], action=rows[..., obs_dim:act_end],
+      reward=rows[..., act_end], discount=rows[..., act_end + 1],
+      next_observation=rows[..., act_end + SCALARS_PER_ROW:])
+
+
+def transitions_from_replay(data, reward_transform: RewardTransform,
+                            obs_dim: Optional[int] = None):
+  """Replay rows (or Acme's Transition) -> `Transitions`, same reward transform."""
+  if obs_dim is not None and not hasattr(data, 'observation'):
+    data = split_transition_rows(data, obs_dim)
   return Transitions(
       observations=jnp.asarray(data.observation, jnp.float32),
       actions=jnp.asarray(data.action, jnp.float32),
@@ -42,6 +77,15 @@ def transitions_from_replay(data, reward_transform: RewardTransform):
       discounts=jnp.asarray(data.discount, jnp.float32),
       next_observations=jnp.asarray(data.next_observation, jnp.float32),
       episode_ends=jnp.zeros(np.shape(data.reward), bool))
+
+
+def replay_row_spec(config: IQLConfig,
+                    offline_data: Transitions) -> jax.ShapeDtypeStruct:
+  """What one replay fetch of the dataset iterator holds (rows x row size)."""
+  size = transition_row_size(offline_data.observations.shape[-1],
+                             offline_data.actions.shape[-1])
+  return jax.ShapeDtypeStruct(
+      (config.batch_size * config.num_sgd_steps_per_step, size), np.float32)
 
 
 class IQLLearner(acme.Learner):
@@ -71,12 +115,13 @@ class IQLLearner(acme.Learner):
     optimizers = make_optimizers(config)
     update_step = make_update_step(networks, config, optimizers)
     batch_size = config.batch_size
+    obs_dim = offline_data.observations.shape[-1]
 
     def online_steps(state, data, replay_data, online_prob):
       # Converting inside the jitted call: one host->device transfer of the
       # raw Reverb rows per call, and the reward transform fused in. The rows
       # hold k batches, one per update.
-      online = transitions_from_replay(replay_data, reward_transform)
+      online = transitions_from_replay(replay_data, reward_transform, obs_dim)
       num_steps = online.rewards.shape[0] // batch_size
       online = jax.tree_util.tree_map(
           lambda x: x.reshape((num_steps, batch_size) + x.shape[1:]), online)
@@ -101,6 +146,36 @@ class IQLLearner(acme.Learner):
     # readers on other threads (courier's get_variables, checkpointing) from
     # touching a donated array.
     self._lock = threading.Lock()
+    # The online update compiles in the background while the offline phase
+    # runs (XLA compiles outside the GIL), so the phase boundary does not
+    # wait seconds for it with the actors held by the rate limiter.
+    self._online_compiled = None
+    if replay_iterator is not None:
+      abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+      self._online_compiled = concurrent.futures.ThreadPoolExecutor(
+          1, thread_name_prefix='compile_online').submit(
+              self._compile_online,
+              jax.tree_util.tree_map(abstract, self._state),
+              jax.tree_util.tree_map(abstract, self._offline_data),
+              replay_row_spec(config, offline_data))
+
+  def _compile_online(self, state, data, rows):
+    """The online update, compiled for these shapes (not values)."""
+    # The online share is a Python float, as step() passes it.
+    return self._online_steps.lower(state, data, rows, 0.5).compile()
+
+  def _run_online(self, replay_data, online_prob):
+    """One jitted online call; the ahead-compiled one when it fits the data."""
+    if self._online_compiled is not None:
+      try:
+        return self._online_compiled.result()(
+            self._state, self._offline_data, replay_data, online_prob)
+      except Exception as e:  # pylint: disable=broad-except
+        # Another replay layout or fetch size (or a failed compile): jit.
+        logging.info('online update: jit compile (%s)', e)
+        self._online_compiled = None
+    return self._online_steps(self._state, self._offline_data, replay_data,
+                              online_prob)
 
   @property
   def steps(self) -> int:
@@ -130,7 +205,7 @@ class IQLLearner(acme.Learner):
         raise RuntimeError('offline phase done and no replay iterator was '
                            'given; pass replay_iterator for online training')
       sample = next(self._replay_iterator)
-      rows = len(sample.data.reward)
+      rows = len(jax.tree_util.tree_leaves(sample.data)[0])
       num, remainder = divmod(rows, self._config.batch_size)
       if num == 0 or remainder:
         raise ValueError(
@@ -140,8 +215,7 @@ class IQLLearner(acme.Learner):
       n_online = float(np.max(sample.info.table_size))
       online_prob = n_online / (n_online + self._num_offline)
       with self._lock:
-        self._state, metrics = self._online_steps(
-            self._state, self._offline_data, sample.data, online_prob)
+        self._state, metrics = self._run_online(sample.data, online_prob)
         self._steps += num
       phase = 'online'
       metrics = {**metrics, 'replay_size': n_online}

@@ -35,6 +35,7 @@ import launchpad as lp
 import numpy as np
 import reverb
 
+from iql_acme import actors
 from iql_acme import envs
 from iql_acme import evaluation
 from iql_acme import logs
@@ -338,9 +339,8 @@ class ActorNode:
     spec = specs.make_environment_spec(self._environment)
     networks = networks_lib.make_networks(spec, builder.config)
     self._adder = builder.make_adder(replay)
-    self._actor = builder.make_actor(
-        random_key, networks_lib.make_behaviour_policy(networks, builder.config),
-        self._adder, variable_source)
+    self._actor = actors.make_numpy_actor(builder.config, networks, random_key,
+                                          variable_source, self._adder)
     self._logger = logs.make_logger(run.workdir, f'actor_{actor_id}',
                                     run.log_every_s, steps_key='actor_steps')
 
@@ -357,7 +357,7 @@ class ActorNode:
     """
     while self._granted == 0:
       if self._unreported:
-        self._adder._writer.flush()  # pylint: disable=protected-access
+        self._adder.flush()
       self._granted, finished, self._counts = self._counter.claim(
           self._id, self._unreported, ACTOR_CLAIM_STEPS)
       self._unreported = 0

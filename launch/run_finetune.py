@@ -7,7 +7,9 @@ A run resumes from the checkpoints in --workdir; rerunning a finished one
 does nothing unless --online_steps grew. Under local_mp / local_mt the
 launcher supervises the nodes (`iql_acme/supervisor.py`): a dead actor's
 steps go to the others; any other node's death ends the run with exit 1;
-Ctrl-C / SIGTERM checkpoint and exit 130 / 143.
+Ctrl-C / SIGTERM checkpoint and exit 130 / 143. With
+--lp_launch_type=vertex_ai the program goes to Google Cloud Vertex AI
+(`iql_acme/multi_machine.py`): the command submits it and exits 0.
 """
 
 import json
@@ -21,6 +23,7 @@ import launchpad as lp
 
 from iql_acme import envs
 from iql_acme import evaluation
+from iql_acme import multi_machine
 from iql_acme import placement
 from iql_acme import program as program_lib
 from iql_acme import run_setup
@@ -65,6 +68,28 @@ _ONLINE_FRACTION = flags.DEFINE_float(
     'uniform pool of offline and online data.')
 _EXPLORATION_NOISE = flags.DEFINE_float(
     'exploration_noise', None, 'Std of Gaussian action noise (preset).')
+# --lp_launch_type=vertex_ai only (defaults: multi_machine.VertexConfig).
+_VERTEX_DEFAULTS = multi_machine.VertexConfig()
+_VERTEX_LEARNER_MACHINE_TYPE = flags.DEFINE_string(
+    'vertex_learner_machine_type', None,
+    f'Learner machine (default {multi_machine.DEFAULT_LEARNER_MACHINE_TYPE}; '
+    'A100s get their A2 machine).')
+_VERTEX_LEARNER_ACCELERATOR = flags.DEFINE_string(
+    'vertex_learner_accelerator', _VERTEX_DEFAULTS.learner_accelerator,
+    f'Learner GPU type (P4, T4, P100, V100, A100) or '
+    f'{multi_machine.NO_ACCELERATOR}.')
+_VERTEX_LEARNER_ACCELERATOR_COUNT = flags.DEFINE_integer(
+    'vertex_learner_accelerator_count',
+    _VERTEX_DEFAULTS.learner_accelerator_count, 'GPUs on the learner machine.')
+_VERTEX_REPLAY_MACHINE_TYPE = flags.DEFINE_string(
+    'vertex_replay_machine_type', _VERTEX_DEFAULTS.replay_machine_type,
+    'Machine of the Reverb replay node.')
+_VERTEX_ACTOR_MACHINE_TYPE = flags.DEFINE_string(
+    'vertex_actor_machine_type', _VERTEX_DEFAULTS.actor_machine_type,
+    'Machine of each actor (one actor per machine).')
+_VERTEX_EVALUATOR_MACHINE_TYPE = flags.DEFINE_string(
+    'vertex_evaluator_machine_type', _VERTEX_DEFAULTS.evaluator_machine_type,
+    'Machine of the evaluator and of the counter.')
 
 
 def _check_flags():
@@ -100,6 +125,16 @@ def _parse_flags(argv):
     sys.exit(EXIT_USAGE)
 
 
+def _vertex_config() -> multi_machine.VertexConfig:
+  return multi_machine.VertexConfig(
+      learner_machine_type=_VERTEX_LEARNER_MACHINE_TYPE.value,
+      learner_accelerator=_VERTEX_LEARNER_ACCELERATOR.value,
+      learner_accelerator_count=_VERTEX_LEARNER_ACCELERATOR_COUNT.value,
+      replay_machine_type=_VERTEX_REPLAY_MACHINE_TYPE.value,
+      actor_machine_type=_VERTEX_ACTOR_MACHINE_TYPE.value,
+      evaluator_machine_type=_VERTEX_EVALUATOR_MACHINE_TYPE.value)
+
+
 def _workdir() -> str:
   return os.path.abspath(_WORKDIR.value or os.path.join(
       'runs', f'{_ENV.value}-seed{_SEED.value}'))
@@ -130,8 +165,14 @@ def _finished_run(workdir: str, config) -> bool:
 
 def main(_):
   workdir = _workdir()
+  launch_type = flags.FLAGS.lp_launch_type
+  on_vertex = launch_type == multi_machine.LAUNCH_TYPE
   try:
     _check_flags()
+    if on_vertex:
+      vertex_config = _vertex_config()
+      multi_machine.check_config(vertex_config)
+      multi_machine.check_shared_path('workdir', workdir)
     _check_workdir(workdir)
     config = run_setup.make_config(
         _ENV.value, offline_steps=_OFFLINE_STEPS.value,
@@ -147,13 +188,13 @@ def main(_):
     spec = envs.make_environment(_ENV.value, 0)
     obs_dim = spec.observation_spec().shape[0]
     act_dim = spec.action_spec().shape[0]
-    dataset_fn = run_setup.make_offline_dataset_fn(
-        _ENV.value, _DATASET.value, obs_dim, act_dim)
+    make_dataset_fn = (multi_machine.make_offline_dataset_fn if on_vertex
+                       else run_setup.make_offline_dataset_fn)
+    dataset_fn = make_dataset_fn(_ENV.value, _DATASET.value, obs_dim, act_dim)
     dataset_fn()  # Fail fast on a bad dataset, before any node starts.
   except ValueError as e:  # Bad flags or inputs: one line, no traceback.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_USAGE)
-  launch_type = flags.FLAGS.lp_launch_type
   run = program_lib.RunConfig(
       env_name=_ENV.value, workdir=workdir,
       num_actors=_NUM_ACTORS.value, seed=_SEED.value,
@@ -166,6 +207,13 @@ def main(_):
   program = program_lib.make_program(config, dataset_fn, run)
   if run.supervised:
     sys.exit(_supervise(program, run, launch_type))
+  if on_vertex:  # lp.launch returns None once the job is submitted.
+    lines = multi_machine.launch(program, vertex_config)
+    print(f'submitted: {program.name} to Vertex AI (one custom job); outputs '
+          f'go to {workdir}, {program_lib.SUMMARY_FILE} when it finishes')
+    for line in lines:
+      print(f'  {line}')
+    return
   manager = lp.launch(program, terminal='current_terminal',
                       local_resources=placement.local_resources())
   try:

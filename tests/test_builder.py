@@ -11,6 +11,7 @@ import pytest
 import reverb
 
 from iql_acme import IQLBuilder, IQLConfig, envs
+from iql_acme import actors
 from iql_acme import learning
 from iql_acme import networks as networks_lib
 from iql_acme.builder import InterruptibleIterator, samples_per_insert
@@ -145,16 +146,74 @@ def test_adder_and_iterator_round_trip_with_time_limit_mask(
     table = builder.config.replay_table_name
     assert client.server_info()[table].current_size == len(rewards) == 100
     sample = next(builder.make_dataset_iterator(client))
-    data = sample.data
+    assert sample.data.shape == (BATCH, 2 * 45 + 24 + 2)  # One row each.
+    data = learning.split_transition_rows(sample.data, obs_dim=45)
     assert data.observation.shape == (BATCH, 45)
     assert data.action.shape == (BATCH, 24)
     # The time-limit cut is not a terminal: every stored discount is 1.
     np.testing.assert_array_equal(data.discount, np.ones(BATCH))
     assert set(np.unique(data.reward)) <= {0.0, -1.0}  # Raw env rewards.
-    online = learning.transitions_from_replay(data, transform)
+    online = learning.transitions_from_replay(sample.data, transform, 45)
     np.testing.assert_allclose(online.rewards, 2.0 * data.reward - 1.0)
+    np.testing.assert_array_equal(online.observations, data.observation)
   finally:
     server.stop()
+
+
+def test_adder_rows_are_the_environment_transitions(offline_data, spec, env):
+  """Every replay row is one (s, a, r, discount, s') of one episode."""
+  builder, _ = make_builder(offline_data, rate_limit_tolerance_steps=300)
+  server = reverb.Server(builder.make_replay_tables(spec))
+  client = server.localhost_client()
+  rng = np.random.default_rng(0)
+  expected = set()
+  try:
+    adder = builder.make_adder(client)
+    for steps in (100, 7):  # A whole episode (time-limit cut), then a part.
+      timestep = env.reset()
+      adder.add_first(timestep)
+      for _ in range(steps):
+        action = rng.uniform(-1, 1, spec.actions.shape).astype(np.float32)
+        observation, timestep = timestep.observation, env.step(action)
+        adder.add(action, timestep)
+        expected.add(np.concatenate([
+            observation, action, [timestep.reward, timestep.discount],
+            timestep.observation]).astype(np.float32).tobytes())
+    adder.reset()
+    table = builder.config.replay_table_name
+    assert client.server_info()[table].current_size == 107
+    iterator = builder.make_dataset_iterator(client)
+    sampled = np.concatenate([next(iterator).data for _ in range(20)])
+    assert {row.tobytes() for row in sampled} <= expected
+  finally:
+    server.stop()
+
+
+def test_numpy_actor_matches_the_jax_policy(offline_data, spec, env):
+  builder, _ = make_builder(offline_data, exploration_noise=0.0)
+  networks = networks_lib.make_networks(spec, builder.config)
+  params = networks.init(jax.random.PRNGKey(0))[0]
+  source = FakeLearner(params)
+  source.steps = OFFLINE_STEPS
+  actor = actors.make_numpy_actor(builder.config, networks,
+                                  jax.random.PRNGKey(1), source,
+                                  RecordingAdder(source))
+  timestep = env.reset()
+  actor.observe_first(timestep)
+  got = actor.select_action(timestep.observation)
+  want = networks_lib.make_evaluation_policy(networks)(
+      params, jax.random.PRNGKey(0), timestep.observation[None])[0]
+  assert got.dtype == np.float32 and got.shape == spec.actions.shape
+  np.testing.assert_allclose(got, np.asarray(want), atol=1e-5)
+  noisy = actors.make_numpy_actor(
+      IQLConfig(hidden_dims=(32, 32), exploration_noise=0.03), networks,
+      jax.random.PRNGKey(1), source, None)
+  noisy.observe_first(timestep)
+  noise = np.stack([noisy.select_action(timestep.observation) - got
+                    for _ in range(2000)])
+  interior = np.abs(got) < 0.9  # Away from the clipping bounds.
+  assert abs(noise[:, interior].std() - 0.03) < 0.003
+  assert abs(noise[:, interior].mean()) < 0.003
 
 
 def test_recording_actor_waits_for_offline_phase(offline_data, spec, env):

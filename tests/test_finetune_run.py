@@ -127,8 +127,13 @@ def test_resume_from_workdir_under_local_mt(local_mp_run, pen_random_npz):
   after = json.load(open(os.path.join(workdir, 'summary.json')))
   assert 'resumed learner' in result.stdout + result.stderr
   assert after['actor_steps'] == ONLINE_STEPS + more
-  # It continued from the checkpoint: no second offline phase.
-  assert after['learner_steps'] >= before['learner_steps'] + 0.9 * more
+  # It continued from the checkpoint (no second offline phase) and the whole
+  # run kept its pacing. Not per segment: the first segment's learner may end
+  # up to the rate limiter's slack ahead, and the resumed one then owes it.
+  assert after['learner_steps'] > before['learner_steps']
+  total = ONLINE_STEPS + more
+  assert (abs(after['learner_steps'] - OFFLINE_STEPS - total)
+          <= RATIO_TOLERANCE * total)
   rows = read_csv(os.path.join(workdir, 'logs', 'evaluator.csv'))
   assert [r['phase'] for r in rows].count('offline_end') == 1
   assert [r['phase'] for r in rows].count('final') == 2

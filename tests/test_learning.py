@@ -132,6 +132,34 @@ def test_transitions_from_replay_applies_reward_transform():
   assert not np.any(got.episode_ends)
 
 
+def test_replay_rows_round_trip_and_ahead_compiled_online_update():
+  """Rows as the adder writes them; the ahead-compiled call equals jit's."""
+  sgd_steps = 2
+  config = _config(offline_steps=0, num_sgd_steps_per_step=sgd_steps)
+  online = _batch(seed=5, size=sgd_steps * BATCH)
+  rows = np.stack([learning.transition_row(*t) for t in zip(
+      online.observations, online.actions, online.rewards, online.discounts,
+      online.next_observations)])
+  split = learning.split_transition_rows(rows, OBS_DIM)
+  np.testing.assert_array_equal(split.observation, online.observations)
+  np.testing.assert_array_equal(split.action, online.actions)
+  np.testing.assert_array_equal(split.reward, online.rewards)
+  np.testing.assert_array_equal(split.discount, online.discounts)
+  np.testing.assert_array_equal(split.next_observation,
+                                online.next_observations)
+  sample = collections.namedtuple('Sample', 'data info')(
+      rows, collections.namedtuple('Info', 'table_size')(np.full(len(rows),
+                                                                 500)))
+  ahead, _ = _learner(config, _batch(size=100), replay_iterator=iter([sample]))
+  jitted, _ = _learner(config, _batch(size=100), replay_iterator=iter([sample]))
+  jitted._online_compiled = None  # pylint: disable=protected-access
+  ahead.step()
+  jitted.step()
+  assert ahead._online_compiled is not None  # pylint: disable=protected-access
+  assert ahead.steps == jitted.steps == sgd_steps
+  assert _tree_allclose(ahead.save(), jitted.save(), atol=1e-6)
+
+
 def test_learner_fits_value_of_constant_reward():
   # Reward r on every step, never terminal: Q = V = r / (1 - gamma) for any
   # policy and expectile. Faster rates than the paper's so it converges here.
