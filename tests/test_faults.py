@@ -20,7 +20,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFLINE_STEPS = 200
-ONLINE_STEPS = 400
+# Long enough that a fault at FAULT_AT_STEPS lands mid-run: the online
+# phase runs at up to ~200 env steps/s on 2 cores.
+ONLINE_STEPS = 1500
+FAULT_AT_STEPS = 100
 NUM_ACTORS = 2
 RUN_TIMEOUT_S = 300
 FAILURE_EXIT_BOUND_S = 60      # A vital node's death ends the run this fast.
@@ -124,7 +127,7 @@ def workdir(tmp_path):
 
 def test_killed_actor_hands_its_steps_to_the_other(pen_random_npz, workdir):
   run = Run(workdir, pen_random_npz)
-  run.wait_online_steps(100)
+  run.wait_online_steps(FAULT_AT_STEPS)
   os.kill(run.pid('actor_1'), signal.SIGKILL)
   code, _ = run.finish()
   output = run.output()
@@ -143,7 +146,7 @@ def test_killed_actor_hands_its_steps_to_the_other(pen_random_npz, workdir):
 def test_faults_then_resumes_lose_nothing(pen_random_npz, workdir):
   # Ctrl-C: a checkpoint, every node stopped, exit 130.
   first = Run(workdir, pen_random_npz)
-  first.wait_online_steps(100)
+  first.wait_online_steps(FAULT_AT_STEPS)
   first.process.send_signal(signal.SIGINT)
   code, seconds = first.finish()
   assert code == 130, first.output()[-3000:]
