@@ -6,10 +6,13 @@ stand-in dataset):
 
   learner-only  `IQLLearner.step()` in this process, nothing else running:
                 its offline phase (the rate the online phase is compared
-                with), and its online update fed one real replay fetch
-                over and over (the online update's compute alone, no
-                Reverb sampling). Same config, batch size and offline
-                dataset as the online phase.
+                with; measured again after each online run, and each run
+                is compared with the mean of the rates just before and
+                after it: the shared machine's speed drifts), and its
+                online call fed the same real replay rows (a full queue's
+                worth) over and over: the online update's compute alone,
+                with the rows' append, no Reverb. Same config, batch size
+                and offline dataset as the online phase.
   actors-only   N real `ActorNode`s in their own processes stepping the
                 environment and inserting into a Reverb table with no rate
                 limiter; the policy comes from a stub parameter server (no
@@ -18,7 +21,8 @@ stand-in dataset):
   online        the real Launchpad program (`program.make_program`, the
                 nodes `make run` starts, under the launcher's supervisor,
                 `local_mp`): a short offline phase, then N actors at
-                `updates_per_env_step` (1:1) paced by Reverb's rate limiter.
+                `updates_per_env_step` (1:1) paced by the learner's Reverb
+                queue.
                 Rates are read from the counter over a steady window
                 (`--warmup_frac` of the env steps skipped at each end);
                 the CPU each node used in that window is read from /proc.
@@ -26,15 +30,15 @@ stand-in dataset):
                 online update took (the learner's log line).
 
 Why the real Launchpad program for the online rate: what holds the rate
-back lies between processes (gRPC sampling and inserts, the rate limiter,
+back lies between processes (gRPC reads and inserts, the pacing,
 parameter fetches, CPU contention), so threads in one process (one GIL)
 would measure something else. Evaluation is reduced to one episode at the
 offline end and at the end (`make run` also evaluates every 5,000 updates).
 
 Usage: python benchmarks/bench_system.py [--actors 1,2,4] [--online_steps 3000]
          [--actor_steps 4000] [--offline_steps 200] [--learner_seconds 20]
-         [--num_sgd_steps_per_step K] [--rate_limit_tolerance_steps T]
-Node output goes to WORKDIR/{actors,online}-N/nodes.log. About 6-8 minutes.
+         [--rate_limit_tolerance_steps T]
+Node output goes to WORKDIR/{actors,online}-N/nodes.log. About 8-10 minutes.
 The last line printed is a JSON object with the figures.
 """
 
@@ -62,6 +66,7 @@ import psutil
 import reverb
 
 from iql_acme import envs
+from iql_acme import learning
 from iql_acme import networks as networks_lib
 from iql_acme import placement
 from iql_acme import program as program_lib
@@ -73,7 +78,7 @@ from iql_acme.builder import IQLBuilder
 POLL_S = 0.5                # Counter and CPU sampling period.
 PROGRESS_EVERY_S = 5.0      # Progress lines while a program runs.
 START_TIMEOUT_S = 300       # A program that shows no progress for this long.
-FIRST_ONLINE_LOG = 'first online update took'
+FIRST_ONLINE_LOG = 'first online update '
 DEFAULT_ACTORS = '1,2,4'
 LEARNER_ONLY_OFFLINE_STEPS = 10**9  # An offline phase that outlasts the timing.
 
@@ -195,8 +200,8 @@ def replay_sample(builder, env_name: str, spec, seed: int = 0):
   """One real replay sample, in the learner's iterator format.
 
   The actors' adder inserts random-action transitions into a local Reverb
-  table (the program's, without the rate limiter); the learner's dataset
-  iterator samples one fetch from it.
+  tables (the program's, without their rate limiters); the learner's
+  dataset iterator takes them from the queue.
   """
   config = builder.config
   tables = unlimited_tables(builder, spec)
@@ -208,7 +213,7 @@ def replay_sample(builder, env_name: str, spec, seed: int = 0):
     rng = np.random.default_rng(seed)
     timestep = environment.reset()
     adder.add_first(timestep)
-    for _ in range(config.batch_size * config.num_sgd_steps_per_step):
+    for _ in range(learning.replay_queue_size(config)):
       action = rng.uniform(spec.actions.minimum, spec.actions.maximum,
                            spec.actions.shape).astype(np.float32)
       timestep = environment.step(action)
@@ -230,23 +235,32 @@ def time_steps(learner, seconds: float) -> float:
   return (learner.steps - before) / (time.perf_counter() - start)
 
 
+def learner_offline_rate(config, dataset_fn, spec, seconds: float) -> float:
+  """Updates/s of the learner alone in its offline phase (the baseline)."""
+  networks = networks_lib.make_networks(spec, config)
+  endless = dataclasses.replace(config, offline_steps=LEARNER_ONLY_OFFLINE_STEPS)
+  offline = IQLBuilder(endless, dataset_fn).make_learner(
+      jax.random.PRNGKey(0), networks, None)
+  rate = time_steps(offline, seconds)
+  log(f'learner-only offline: {rate:.1f} updates/s '
+      f'({config.offline_steps_per_call} per call), load {load_average()}')
+  return rate
+
+
 def learner_only(config, dataset_fn, env_name: str, spec, seconds: float):
   """Updates/s of the learner alone: offline phase, online update compute."""
   networks = networks_lib.make_networks(spec, config)
   key = jax.random.PRNGKey(0)
-  endless = dataclasses.replace(config, offline_steps=LEARNER_ONLY_OFFLINE_STEPS)
-  offline = IQLBuilder(endless, dataset_fn).make_learner(key, networks, None)
-  offline_rate = time_steps(offline, seconds)
-  log(f'learner-only offline: {offline_rate:.1f} updates/s '
-      f'({config.offline_steps_per_call} per call), load {load_average()}')
-  del offline
-  builder = IQLBuilder(dataclasses.replace(config, offline_steps=0),
+  offline_rate = learner_offline_rate(config, dataset_fn, spec, seconds)
+  # The online buffer at a fixed size (full: FIFO), so it never regrows.
+  builder = IQLBuilder(dataclasses.replace(
+      config, offline_steps=0, max_replay_size=config.online_steps),
                        dataset_fn)
   sample = replay_sample(builder, env_name, spec)
   online = builder.make_learner(key, networks, itertools.repeat(sample))
   online_rate = time_steps(online, seconds)
-  log(f'learner-only online update (one replay fetch reused, '
-      f'{config.num_sgd_steps_per_step} updates per call): {online_rate:.1f} '
+  log(f'learner-only online update (the same {len(sample)} new transitions '
+      f'taken each call, one update each): {online_rate:.1f} '
       f'updates/s, load {load_average()}')
   return offline_rate, online_rate
 
@@ -267,7 +281,7 @@ class PolicySource:
 
 
 def unlimited_tables(builder, spec):
-  """The program's replay table without its rate limiter."""
+  """The program's replay tables without their rate limiters."""
   return [table.replace(rate_limiter=reverb.rate_limiters.MinSize(1))
           for table in builder.make_replay_tables(spec)]
 
@@ -380,10 +394,8 @@ def main():
                       help='default: the embedded stand-in for --env')
   parser.add_argument('--batch_size', type=int, default=None,
                       help="default: the env's preset (256)")
-  parser.add_argument('--num_sgd_steps_per_step', type=int, default=None,
-                      help='online updates per replay fetch (config default)')
   parser.add_argument('--rate_limit_tolerance_steps', type=int, default=None,
-                      help='rate limiter slack in updates (config default)')
+                      help='how far the actors may run ahead, in updates (config default)')
   parser.add_argument('--actors', type=parse_counts,
                       default=parse_counts(DEFAULT_ACTORS))
   parser.add_argument('--online_steps', type=int, default=3_000,
@@ -409,11 +421,10 @@ def main():
   config = run_setup.make_config(
       args.env, offline_steps=args.offline_steps,
       online_steps=args.online_steps, batch_size=args.batch_size,
-      num_sgd_steps_per_step=args.num_sgd_steps_per_step,
       rate_limit_tolerance_steps=args.rate_limit_tolerance_steps)
   load_start = load_average()
   log(f'{args.env}, batch {config.batch_size}, '
-      f'{config.num_sgd_steps_per_step} updates per online learner step, '
+      f'replay queue {learning.replay_queue_size(config)} transitions, '
       f'workdir {root}, load {load_start}')
 
   offline_rate, online_compute = learner_only(
@@ -427,7 +438,7 @@ def main():
         eval_every=10**9, eval_episodes=1, checkpoint_every_s=10**6,
         log_every_s=5.0, supervised=True)
 
-  actors, runs = {}, {}
+  actors, runs, baselines = {}, {}, [offline_rate]
   for n in args.actors:
     if not args.skip_actors_only:
       actors[n] = actors_only(config, dataset_fn, spec, run_config('actors', n),
@@ -437,8 +448,15 @@ def main():
           f'load {load_average()}')
     runs[n] = online(config, dataset_fn, run_config('online', n),
                      args.warmup_frac)
+    # The machine's speed drifts (shared host): the baseline of each online
+    # run is the mean of the learner-only rates measured just before and
+    # just after it.
+    baselines.append(learner_offline_rate(config, dataset_fn, spec,
+                                          args.learner_seconds))
+    runs[n]['learner_only_before_after'] = [round(x, 1)
+                                            for x in baselines[-2:]]
     runs[n]['fraction_of_learner_only'] = round(
-        runs[n]['updates_per_s'] / offline_rate, 3)
+        runs[n]['updates_per_s'] / np.mean(baselines[-2:]), 3)
     log(f'online x{n}: {runs[n]["updates_per_s"]:.1f} updates/s = '
         f'{100 * runs[n]["fraction_of_learner_only"]:.0f}% of learner-only, '
         f'{runs[n]["env_steps_per_s"]:.1f} env steps/s, ratio '
@@ -446,20 +464,20 @@ def main():
         f'{runs[n]["first_online_update_s"]}s, load {load_average()}')
     log(f'  cores used: {runs[n]["cpu_cores"]}')
 
-  print(f'learner-only: {offline_rate:.1f} updates/s offline, '
+  print(f'learner-only: {offline_rate:.1f} updates/s offline (first), '
         f'{online_compute:.1f} online update compute')
   for n in args.actors:
     actor_text = (f'actors-only {actors[n]["env_steps_per_s"]:7.1f} env/s, '
                   if n in actors else '')
     print(f'{n} actor(s): {actor_text}online {runs[n]["updates_per_s"]:6.1f} '
           f'updates/s = {100 * runs[n]["fraction_of_learner_only"]:5.1f}% of '
-          f'learner-only (ratio {runs[n]["update_to_env_step_ratio"]}, first '
+          f'learner-only {runs[n]["learner_only_before_after"]} (ratio {runs[n]["update_to_env_step_ratio"]}, first '
           f'online update {runs[n]["first_online_update_s"]}s)')
   print(f'load average: start {load_start}, end {load_average()}')
   print(json.dumps({
       'env': args.env, 'batch_size': config.batch_size,
-      'num_sgd_steps_per_step': config.num_sgd_steps_per_step,
-      'learner_only_updates_per_s': round(offline_rate, 1),
+      'replay_queue_size': learning.replay_queue_size(config),
+      'learner_only_updates_per_s': [round(x, 1) for x in baselines],
       'learner_only_online_update_per_s': round(online_compute, 1),
       'actors_only_env_steps_per_s': {
           str(n): a['env_steps_per_s'] for n, a in actors.items()},

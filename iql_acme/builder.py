@@ -4,21 +4,17 @@ Works with Acme 0.4.0's own `DistributedLayout` / `LocalLayout` and with the
 project's Launchpad program (`iql_acme/program.py`).
 """
 
-import queue
-import threading
-from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 from acme import adders
 from acme import core
 from acme import specs
 from acme.agents.jax import builders
-from acme.datasets import reverb as datasets
 from acme.jax import networks as networks_lib
 from acme.utils import counting
 from acme.utils import loggers
 import numpy as np
 import reverb
-from reverb import rate_limiters
 import tensorflow as tf
 
 from iql_acme import actors
@@ -35,74 +31,40 @@ compat.patch_reverb_client()
 OfflineDatasetFn = Callable[[], Tuple[Transitions, RewardTransform]]
 
 
-# How long the learner waits on replay before checking for a stop request.
-REPLAY_POLL_S = 0.1
 # Inserts an actor may have unconfirmed (Acme's adders' default).
 MAX_IN_FLIGHT_ITEMS = 5
+QUEUE_SUFFIX = '_queue'
 
 
-class InterruptibleIterator:
-  """Pulls from a blocking iterator in a daemon thread.
+def queue_table_name(config: IQLConfig) -> str:
+  """The table the learner takes new transitions from, each once."""
+  return config.replay_table_name + QUEUE_SUFFIX
 
-  Reverb's rate limiter parks the learner inside tf.data's C++ `next()`
-  whenever it is ahead of the actors. Launchpad (and Acme's runners) stop a
-  node by raising SystemExit asynchronously in its thread, which only lands
-  while Python code runs; waiting here in short slices keeps the learner
-  stoppable. At most one batch waits in the queue, so pacing is unaffected.
+
+class ReplayQueueReader:
+  """Takes the new transitions from the replay queue, each exactly once.
+
+  `next()` returns the rows waiting in the queue (at most `max_rows`, none
+  if it is empty) without blocking. It asks Reverb for exactly the rows it
+  saw waiting, so no row is ever in flight between Reverb and the learner:
+  whatever the queue no longer holds, the learner has (a checkpoint of
+  both, with the learner held, loses and duplicates nothing).
   """
 
-  def __init__(self, iterator: Iterator, poll_s: float = REPLAY_POLL_S):
-    self._queue = queue.Queue(maxsize=1)
-    self._poll_s = poll_s
-    thread = threading.Thread(target=self._produce, args=(iterator,),
-                              daemon=True)
-    thread.start()
-
-  def _produce(self, iterator):
-    try:
-      for item in iterator:
-        self._queue.put(item)
-    except Exception as e:  # pylint: disable=broad-except
-      self._queue.put(_Failure(e))
-    self._queue.put(_Failure(StopIteration()))
+  def __init__(self, client: reverb.Client, table: str, max_rows: int):
+    self._client, self._table, self._max_rows = client, table, max_rows
 
   def __iter__(self):
     return self
 
-  def __next__(self):
-    while True:
-      try:
-        item = self._queue.get(timeout=self._poll_s)
-      except queue.Empty:
-        continue
-      if isinstance(item, _Failure):
-        self._queue.put(item)  # Keep failing on later calls too.
-        raise item.error
-      return item
-
-
-class _Failure(NamedTuple):
-  error: BaseException
-
-
-def samples_per_insert(config: IQLConfig) -> float:
-  """Each update samples one replay batch; one insert is one env step."""
-  return config.batch_size * config.updates_per_env_step
-
-
-def make_rate_limiter(config: IQLConfig) -> rate_limiters.RateLimiter:
-  """Paces updates to environment steps at config.updates_per_env_step.
-
-  Reverb blocks whichever side runs more than `rate_limit_tolerance_steps`
-  updates ahead of the other. The buffer must hold at least the samples in
-  flight (one batch being consumed plus the dataset's in-flight batch).
-  """
-  spi = samples_per_insert(config)
-  tolerance = max(config.rate_limit_tolerance_steps, 4) * config.batch_size
-  fetch = config.batch_size * config.num_sgd_steps_per_step  # One learner step.
-  return rate_limiters.SampleToInsertRatio(
-      samples_per_insert=spi, min_size_to_sample=config.min_replay_size,
-      error_buffer=max(tolerance, 2 * fetch, 2 * spi))
+  def __next__(self) -> np.ndarray:
+    waiting = self._client.server_info()[self._table].current_size
+    num = min(int(waiting), self._max_rows)
+    if num == 0:
+      return np.zeros((0, 0), np.float32)
+    samples = self._client.sample(self._table, num_samples=num,
+                                  emit_timesteps=False)
+    return np.stack([np.asarray(sample.data[0]) for sample in samples])
 
 
 def replay_signature(environment_spec: specs.EnvironmentSpec) -> tf.TensorSpec:
@@ -116,14 +78,18 @@ def replay_signature(environment_spec: specs.EnvironmentSpec) -> tf.TensorSpec:
 class TransitionRowAdder(adders.Adder):
   """Inserts each transition (s, a, r, discount, s') as one replay row.
 
+  The row goes into every table in `tables` (one copy of the data, one item
+  per table): the replay table and the learner's queue. An insert blocks
+  while the queue is full: the pacing.
+
   The stored discount is the environment's (0 at a terminal, 1 at a
   time-limit cut), i.e. the mask of eq. (6), as for offline data; what
   Acme's NStepTransitionAdder stores with n_step=1, in one column.
   """
 
-  def __init__(self, client: reverb.Client, table: str,
+  def __init__(self, client: reverb.Client, tables: Sequence[str],
                max_in_flight_items: int = MAX_IN_FLIGHT_ITEMS):
-    self._client, self._table = client, table
+    self._client, self._tables = client, tuple(tables)
     self._max_in_flight_items = max_in_flight_items
     self._writer = None
     self._observation = None
@@ -142,8 +108,9 @@ class TransitionRowAdder(adders.Adder):
     self._writer.append(learning.transition_row(
         self._observation, action, next_timestep.reward,
         next_timestep.discount, next_timestep.observation))
-    self._writer.create_item(self._table, 1.0, self._writer.history[-1])
-    # Blocks while Reverb's rate limiter holds the inserts: the pacing.
+    for table in self._tables:
+      self._writer.create_item(table, 1.0, self._writer.history[-1])
+    # Blocks while the learner's queue is full: the pacing.
     self._writer.flush(self._max_in_flight_items)
     self._observation = next_timestep.observation
     if next_timestep.last():
@@ -176,30 +143,30 @@ class IQLBuilder(builders.ActorLearnerBuilder):
 
   def make_replay_tables(
       self, environment_spec: specs.EnvironmentSpec) -> List[reverb.Table]:
-    return [reverb.Table(
-        name=self._config.replay_table_name,
-        sampler=reverb.selectors.Uniform(),
-        remover=reverb.selectors.Fifo(),
-        max_size=self._config.max_replay_size,
-        rate_limiter=make_rate_limiter(self._config),
-        signature=replay_signature(environment_spec))]
+    """The replay (every transition, for checkpoints and counts) and the
+    learner's queue (each new transition until the learner takes it)."""
+    signature = replay_signature(environment_spec)
+    return [
+        reverb.Table(
+            name=self._config.replay_table_name,
+            sampler=reverb.selectors.Uniform(),
+            remover=reverb.selectors.Fifo(),
+            max_size=self._config.max_replay_size,
+            rate_limiter=reverb.rate_limiters.MinSize(1),
+            signature=signature),
+        reverb.Table.queue(
+            name=queue_table_name(self._config),
+            max_size=learning.replay_queue_size(self._config),
+            signature=signature)]
 
   def make_dataset_iterator(
-      self, replay_client: reverb.Client) -> Iterator[reverb.ReplaySample]:
-    # One worker and one fetch in flight keep the pacing tight: each learner
-    # step takes num_sgd_steps_per_step batches granted by the rate limiter.
-    rows = self._config.batch_size * self._config.num_sgd_steps_per_step
-    dataset = datasets.make_reverb_dataset(
-        table=self._config.replay_table_name,
-        server_address=replay_client.server_address,
-        batch_size=rows,
-        prefetch_size=self._config.prefetch_size,
-        num_parallel_calls=1,
-        max_in_flight_samples_per_worker=rows)
-    return InterruptibleIterator(dataset.as_numpy_iterator())
+      self, replay_client: reverb.Client) -> Iterator[np.ndarray]:
+    return ReplayQueueReader(replay_client, queue_table_name(self._config),
+                             learning.replay_queue_size(self._config))
 
   def make_adder(self, replay_client: reverb.Client) -> Optional[adders.Adder]:
-    return TransitionRowAdder(replay_client, self._config.replay_table_name)
+    return TransitionRowAdder(replay_client, [
+        self._config.replay_table_name, queue_table_name(self._config)])
 
   def make_actor(self,
                  random_key: networks_lib.PRNGKey,
@@ -216,7 +183,7 @@ class IQLBuilder(builders.ActorLearnerBuilder):
   def make_learner(self,
                    random_key: networks_lib.PRNGKey,
                    networks: IQLNetworks,
-                   dataset: Iterator[reverb.ReplaySample],
+                   dataset: Iterator[np.ndarray],
                    replay_client: Optional[reverb.Client] = None,
                    counter: Optional[counting.Counter] = None
                    ) -> learning.IQLLearner:

@@ -30,24 +30,25 @@ class IQLConfig:
   # Online fine-tuning (section 5.3, appendix C).
   online_steps: int = 1_000_000      # environment steps, summed over actors
   exploration_noise: float = 0.1     # sigma of Gaussian action noise
-  updates_per_env_step: float = 1.0  # pacing, enforced by Reverb's rate limiter
-  # Online updates per learner step (one Reverb fetch, one jitted lax.scan),
-  # as Acme SAC's option of this name; pacing holds at this granularity.
+  updates_per_env_step: float = 1.0  # pacing: the learner's replay queue
+  # Offline phase only: updates per jitted call is offline_steps_per_call;
+  # online, the learner takes the transitions waiting (up to the queue's
+  # size) and runs the updates they paid for in one jitted call. Kept for
+  # Acme's layouts, which read it (their Agent's observations per step).
   num_sgd_steps_per_step: int = 4
-  # Fraction of each online-phase batch drawn from replay. None: one pool,
-  # uniform over all offline and online transitions (the paper's code);
-  # a number (e.g. 0.5 as in RLPD) fixes it.
+  # Fraction of each online-phase batch drawn from online data. None: one
+  # pool, uniform over all offline and online transitions (the paper's
+  # code); a number (e.g. 0.5 as in RLPD) fixes it.
   online_fraction: Optional[float] = None
   replay_table_name: str = 'iql_online'
-  max_replay_size: int = 2_000_000
-  min_replay_size: int = 1
-  # How far (in updates) either side may run ahead of the other. It must
-  # cover the samples the learner's Reverb pipeline holds in flight: at 20,
-  # learner and actors took turns (51 updates/s with 2 actors, the learner
-  # idle a third of the time); at 64 they overlap (72/s in the same
-  # conditions; benchmarks/bench_system.py, README).
+  max_replay_size: int = 2_000_000   # online transitions kept (FIFO)
+  min_replay_size: int = 1           # online transitions before online updates
+  # How far (in updates) the actors may run ahead of the learner: the
+  # learner's replay queue holds this many updates' worth of transitions
+  # (the learner itself never runs ahead: it updates on transitions it has).
+  # At 20 learner and actors took turns; at 64 they overlap
+  # (benchmarks/bench_system.py, README).
   rate_limit_tolerance_steps: int = 64
-  prefetch_size: int = 1  # Reverb fetches buffered ahead of the learner.
   variable_update_period: int = 100  # actor parameter refresh, in actor steps
 
 

@@ -23,7 +23,7 @@ import os
 import shutil
 import threading
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 from absl import logging
 from acme import specs
@@ -42,6 +42,7 @@ from iql_acme import logs
 from iql_acme import networks as networks_lib
 from iql_acme.builder import IQLBuilder, OfflineDatasetFn
 from iql_acme.config import IQLConfig
+from iql_acme.types import Transitions
 
 # Coordinator / bookkeeping periods (seconds).
 COORDINATOR_POLL_S = 0.2
@@ -58,6 +59,7 @@ FAILURE_FILE = 'FAILED'
 STATE_FILE = 'state.json'    # Names the checkpoint: learner, replay, counts.
 LEGACY_LEARNER_DIR = 'learner'
 REPLAY_CHECKPOINT_DIR = 'replay'
+ONLINE_FILE = 'online_transitions.npz'  # In the learner's checkpoint folder.
 
 
 @dataclasses.dataclass
@@ -174,6 +176,18 @@ def replay_size(replay: reverb.Client, table: str,
   return int(replay.server_info(timeout_s)[table].current_size)
 
 
+def save_online_transitions(path: str, rows: Transitions, owed: float):
+  """The learner's online data (and the updates owed) as one .npz."""
+  with open(path, 'wb') as f:
+    np.savez(f, owed_updates=owed, **rows._asdict())
+
+
+def load_online_transitions(path: str) -> Tuple[Transitions, float]:
+  with np.load(path) as data:
+    return (Transitions(*[data[name] for name in Transitions._fields]),
+            float(data['owed_updates']))
+
+
 class StepBudgetCounter(counting.Counter):
   """Acme's central counter, plus the online step budget the actors share.
 
@@ -242,6 +256,9 @@ class LearnerNode:
                         state.get('learner', LEGACY_LEARNER_DIR))
     if os.path.exists(os.path.join(path, 'array_nest')):
       self._learner.restore(savers.restore_from_path(path))
+      if os.path.exists(os.path.join(path, ONLINE_FILE)):
+        rows, owed = load_online_transitions(os.path.join(path, ONLINE_FILE))
+        self._learner.restore_online_transitions(rows, owed)
       logging.info('resumed learner from %s at step %d', path,
                    self._learner.steps)
     self._offline_policy = (None if self._learner.in_offline_phase else
@@ -264,7 +281,10 @@ class LearnerNode:
     Until `state.json` is replaced the previous checkpoint stands whole; a
     node killed midway leaves extra files that the next launch removes.
     """
-    with self._lock:
+    # The learner held: no replay row taken and no update between the
+    # replay's checkpoint (its queue holds the rows not yet taken) and the
+    # learner's (its state and the rows it took).
+    with self._lock, self._learner.hold():
       root = checkpoint_dir(self._run.workdir)
       os.makedirs(root, exist_ok=True)
       counts = self._counter.get_counts()
@@ -272,6 +292,9 @@ class LearnerNode:
       state = self._learner.save()
       learner_dir = f'learner-{int(state.steps)}-{time.time_ns()}'
       savers.save_to_path(os.path.join(root, learner_dir), state)
+      save_online_transitions(
+          os.path.join(root, learner_dir, ONLINE_FILE),
+          self._learner.online_transitions(), self._learner.owed_updates)
       # The learner may step between the two reads; its state is the truth.
       counts['learner_steps'] = int(state.steps)
       record = {'learner': learner_dir, 'replay': replay_path,
@@ -301,23 +324,22 @@ class LearnerNode:
 
   def _train(self):
     last_checkpoint = time.time()
-    first_online = not self._learner.in_offline_phase
+    offline_end = None  # When the offline phase ended (this launch).
     while not self._stop.is_set():
       was_offline = self._learner.in_offline_phase
-      started = time.time()
       self._learner.step()
       if was_offline and not self._learner.in_offline_phase:
         self._offline_policy = self._learner.get_variables(['policy'])[0]
         logging.info('offline phase done after %d updates; actors may act now',
                      self._learner.steps)
-        first_online = True
-      elif first_online and not was_offline:
-        # The boundary's pause, explained: the first online step compiles
-        # the replay-batch update and waits for the actors' first inserts;
-        # Reverb's rate limiter holds the actors until it is done.
-        logging.info('first online update took %.1fs (XLA compile of the '
-                     'online update, first inserts)', time.time() - started)
-        first_online = False
+        offline_end = time.time()
+      elif offline_end and self._learner.steps > self._config.offline_steps:
+        # The boundary's pause: the actors' first transitions (they fetch
+        # the new policy first) and the online update's compile, if the
+        # background compile has not finished.
+        logging.info('first online update %.1fs after the offline phase',
+                     time.time() - offline_end)
+        offline_end = None
       if time.time() - last_checkpoint > self._run.checkpoint_every_s:
         self.save_checkpoint()
         last_checkpoint = time.time()

@@ -9,6 +9,9 @@ wraps it for Acme/Reverb; `experiments/train_offline.py` uses it directly.
   `(state, batch) -> (state, metrics)` of Algorithm 1.
 * `make_offline_steps(...)`: `num_steps` updates on batches sampled on device
   from the dataset, under `lax.scan` (one jitted call).
+* `make_online_steps(...)`: a traced number of updates on batches mixing the
+  offline dataset with the online transitions the learner holds on device
+  (`append_transitions` writes new ones into that ring buffer).
 * `make_multi_seed_steps(...)` / `init_training_states(...)`: the same for N
   independent seeds at once, `jax.vmap` over a stacked `TrainingState` that
   shares the one on-device dataset.
@@ -245,6 +248,77 @@ def make_offline_steps(networks: IQLNetworks, config: IQLConfig,
 def jit_offline_steps(offline_steps: OfflineSteps) -> OfflineSteps:
   """`num_steps` static (the scan length); the input state is donated."""
   return jax.jit(offline_steps, static_argnums=2, donate_argnums=0)
+
+
+def empty_transitions(capacity: int, obs_dim: int, act_dim: int,
+                      device=None) -> Transitions:
+  """`capacity` zero transitions on device: an online buffer to fill."""
+  zeros = lambda *shape: np.zeros(shape, np.float32)
+  return device_dataset(Transitions(
+      zeros(capacity, obs_dim), zeros(capacity, act_dim), zeros(capacity),
+      zeros(capacity), zeros(capacity, obs_dim),
+      np.zeros(capacity, bool)), device)
+
+
+def append_transitions(buffer: Transitions, new: Transitions,
+                       num_new: jnp.ndarray, position: jnp.ndarray):
+  """Writes the first `num_new` rows of `new` at `position` onward, wrapping.
+
+  `new` has a fixed number of rows (so one compiled call serves any count);
+  rows past `num_new` are padding and go nowhere (scatter mode 'drop').
+  """
+  capacity = buffer.rewards.shape[0]
+  rows = jnp.arange(new.rewards.shape[0])
+  slots = jnp.where(rows < num_new, (position + rows) % capacity, capacity)
+  return jax.tree_util.tree_map(
+      lambda b, x: b.at[slots].set(x.astype(b.dtype), mode='drop'), buffer,
+      new)
+
+
+OnlineSteps = Callable[[TrainingState, Transitions, Transitions, jnp.ndarray,
+                        jnp.ndarray], Tuple[TrainingState, Metrics]]
+
+
+def make_online_steps(networks: IQLNetworks, config: IQLConfig,
+                      optimizers: Optional[Optimizers] = None) -> OnlineSteps:
+  """`steps(state, offline, online, num_online, num_updates)`, unjitted.
+
+  `num_updates` updates (a traced count: one compiled call serves any) on
+  batches mixing `offline` with the first `num_online` rows of `online`
+  (`mix_batches`: one uniform pool, or `config.online_fraction`). Returns
+  the metrics' mean over the updates (zeros for none).
+  """
+  optimizers = optimizers or make_optimizers(config)
+  update_step = make_update_step(networks, config, optimizers)
+  batch_size = config.batch_size
+
+  def one_update(state, offline, online, num_online, online_prob):
+    key, offline_key, online_key, mix_key = jax.random.split(state.key, 4)
+    offline_batch = sample_transitions(offline_key, offline, batch_size)
+    idx = jax.random.randint(online_key, (batch_size,), 0, num_online)
+    online_batch = jax.tree_util.tree_map(lambda x: x[idx], online)
+    batch, fraction = mix_batches(mix_key, offline_batch, online_batch,
+                                  online_prob, config.online_fraction)
+    state, metrics = update_step(state._replace(key=key), batch)
+    return state, {**metrics, 'online_fraction': fraction}
+
+  def online_steps(state, offline, online, num_online, num_updates):
+    num_online = jnp.maximum(num_online, 1)
+    online_prob = num_online / (num_online + offline.rewards.shape[0])
+    metric_shapes = jax.eval_shape(one_update, state, offline, online,
+                                   num_online, online_prob)[1]
+    zeros = jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, m.dtype),
+                                   metric_shapes)
+
+    def body(_, carry):
+      state, totals = carry
+      state, metrics = one_update(state, offline, online, num_online,
+                                  online_prob)
+      return state, jax.tree_util.tree_map(jnp.add, totals, metrics)
+    state, totals = jax.lax.fori_loop(0, num_updates, body, (state, zeros))
+    return state, jax.tree_util.tree_map(
+        lambda t: t / jnp.maximum(num_updates, 1), totals)
+  return online_steps
 
 
 def seed_keys(seeds: Sequence[int]) -> jax.Array:

@@ -14,7 +14,7 @@ from iql_acme import IQLBuilder, IQLConfig, envs
 from iql_acme import actors
 from iql_acme import learning
 from iql_acme import networks as networks_lib
-from iql_acme.builder import InterruptibleIterator, samples_per_insert
+from iql_acme.builder import queue_table_name
 from iql_acme.types import RewardTransform
 
 from real_transitions import random_policy_transitions
@@ -75,18 +75,23 @@ class RecordingAdder:
     pass
 
 
-def test_replay_table_paces_updates_to_env_steps(offline_data, spec):
-  builder, _ = make_builder(offline_data, updates_per_env_step=2.0)
-  (table,) = builder.make_replay_tables(spec)
-  server = reverb.Server([table])
+def test_replay_tables_pace_updates_to_env_steps(offline_data, spec):
+  builder, _ = make_builder(offline_data, updates_per_env_step=2.0,
+                            rate_limit_tolerance_steps=10)
+  server = reverb.Server(builder.make_replay_tables(spec))
   try:
-    info = server.localhost_client().server_info()[builder.config.replay_table_name]
-    limiter = info.rate_limiter_info
-    # Every update draws a batch; so samples per insert = batch * ratio.
-    assert limiter.samples_per_insert == pytest.approx(BATCH * 2.0)
-    assert samples_per_insert(builder.config) == BATCH * 2.0
-    assert limiter.max_diff - limiter.min_diff >= 2 * BATCH * 2.0
-    assert info.max_size == builder.config.max_replay_size
+    info = server.localhost_client().server_info()
+    replay = info[builder.config.replay_table_name]
+    queue = info[queue_table_name(builder.config)]
+    # Replay keeps every transition (FIFO at max_replay_size), never blocks.
+    assert replay.max_size == builder.config.max_replay_size
+    assert replay.rate_limiter_info.min_size_to_sample == 1
+    # The queue: each transition taken once, in order; at 2 updates per
+    # step, 10 updates of slack are 5 transitions, then inserts block.
+    assert queue.max_times_sampled == 1
+    assert queue.sampler_options.fifo and queue.remover_options.fifo
+    assert queue.max_size == learning.replay_queue_size(builder.config) == 5
+    assert queue.rate_limiter_info.max_diff == 5
   finally:
     server.stop()
 
@@ -111,80 +116,91 @@ def test_actors_block_when_ahead_of_the_learner(offline_data, spec, env):
     actor = threading.Thread(target=act, args=(60,), daemon=True)
     actor.start()
     actor.join(timeout=3.0)
-    # Without updates, the actor stalls a few steps past the tolerance.
+    # Nobody takes from the queue: the actor stalls at the tolerance (plus
+    # the inserts its writer may have in flight).
     assert actor.is_alive()
     stalled_at = client.server_info()[table].current_size
     assert tolerance <= stalled_at <= 3 * tolerance
     iterator = builder.make_dataset_iterator(client)
-    for _ in range(60):  # One update per env step lets it finish.
-      next(iterator)
-      if not actor.is_alive():
-        break
+    taken, deadline = 0, time.time() + 30.0
+    # The learner taking rows lets it go on; the last few inserts it left
+    # in flight (MAX_IN_FLIGHT_ITEMS) arrive as the queue makes room.
+    while taken < 60 and time.time() < deadline:
+      rows = next(iterator)
+      assert len(rows) <= tolerance
+      taken += len(rows)
+      time.sleep(0.01)
     actor.join(timeout=10.0)
     assert not actor.is_alive() and len(inserted) == 60
+    assert taken == 60 and client.server_info()[table].current_size == 60
+    assert len(next(iterator)) == 0
   finally:
     server.stop()
 
 
-def test_adder_and_iterator_round_trip_with_time_limit_mask(
+def _episode_rows(env, spec, adder, steps, rng=None):
+  """Acts `steps` steps (zero or random actions); the rows they should give."""
+  timestep = env.reset()
+  adder.add_first(timestep)
+  rows = []
+  for _ in range(steps):
+    action = (np.zeros(spec.actions.shape, np.float32) if rng is None else
+              rng.uniform(-1, 1, spec.actions.shape).astype(np.float32))
+    observation, timestep = timestep.observation, env.step(action)
+    adder.add(action, timestep)
+    rows.append(learning.transition_row(observation, action, timestep.reward,
+                                        timestep.discount,
+                                        timestep.observation))
+    if timestep.last():
+      break
+  return np.stack(rows)
+
+
+def test_adder_and_queue_round_trip_with_time_limit_mask(
     offline_data, spec, env):
-  # A wide tolerance so a whole episode goes in before any update.
+  # A wide tolerance so a whole episode goes in before the learner takes any.
   builder, transform = make_builder(offline_data,
                                     rate_limit_tolerance_steps=200)
   server = reverb.Server(builder.make_replay_tables(spec))
   client = server.localhost_client()
   try:
     adder = builder.make_adder(client)
-    timestep = env.reset()
-    adder.add_first(timestep)
-    rewards = []
-    while not timestep.last():  # A full 100-step episode cut by the limit.
-      action = np.zeros(spec.actions.shape, np.float32)
-      timestep = env.step(action)
-      adder.add(action, timestep)
-      rewards.append(timestep.reward)
+    want = _episode_rows(env, spec, adder, 1000)  # A time-limit cut at 100.
     table = builder.config.replay_table_name
-    assert client.server_info()[table].current_size == len(rewards) == 100
-    sample = next(builder.make_dataset_iterator(client))
-    assert sample.data.shape == (BATCH, 2 * 45 + 24 + 2)  # One row each.
-    data = learning.split_transition_rows(sample.data, obs_dim=45)
-    assert data.observation.shape == (BATCH, 45)
-    assert data.action.shape == (BATCH, 24)
+    assert client.server_info()[table].current_size == len(want) == 100
+    rows = next(builder.make_dataset_iterator(client))
+    np.testing.assert_array_equal(rows, want)  # All of them, in order, once.
+    assert rows.shape == (100, 2 * 45 + 24 + 2)  # One row each.
+    assert len(next(builder.make_dataset_iterator(client))) == 0
+    data = learning.split_transition_rows(rows, obs_dim=45)
     # The time-limit cut is not a terminal: every stored discount is 1.
-    np.testing.assert_array_equal(data.discount, np.ones(BATCH))
+    np.testing.assert_array_equal(data.discount, np.ones(100))
     assert set(np.unique(data.reward)) <= {0.0, -1.0}  # Raw env rewards.
-    online = learning.transitions_from_replay(sample.data, transform, 45)
+    online = learning.transitions_from_rows(rows, transform, 45)
     np.testing.assert_allclose(online.rewards, 2.0 * data.reward - 1.0)
     np.testing.assert_array_equal(online.observations, data.observation)
+    # The replay table still holds every transition (for checkpoints).
+    assert client.server_info()[table].current_size == 100
   finally:
     server.stop()
 
 
 def test_adder_rows_are_the_environment_transitions(offline_data, spec, env):
-  """Every replay row is one (s, a, r, discount, s') of one episode."""
+  """Every queue row is one (s, a, r, discount, s') of one episode, once."""
   builder, _ = make_builder(offline_data, rate_limit_tolerance_steps=300)
   server = reverb.Server(builder.make_replay_tables(spec))
   client = server.localhost_client()
   rng = np.random.default_rng(0)
-  expected = set()
   try:
     adder = builder.make_adder(client)
-    for steps in (100, 7):  # A whole episode (time-limit cut), then a part.
-      timestep = env.reset()
-      adder.add_first(timestep)
-      for _ in range(steps):
-        action = rng.uniform(-1, 1, spec.actions.shape).astype(np.float32)
-        observation, timestep = timestep.observation, env.step(action)
-        adder.add(action, timestep)
-        expected.add(np.concatenate([
-            observation, action, [timestep.reward, timestep.discount],
-            timestep.observation]).astype(np.float32).tobytes())
+    # A whole episode (time-limit cut), then a part.
+    want = np.concatenate([_episode_rows(env, spec, adder, steps, rng)
+                           for steps in (100, 7)])
     adder.reset()
-    table = builder.config.replay_table_name
-    assert client.server_info()[table].current_size == 107
+    assert client.server_info()[builder.config.replay_table_name
+                               ].current_size == 107
     iterator = builder.make_dataset_iterator(client)
-    sampled = np.concatenate([next(iterator).data for _ in range(20)])
-    assert {row.tobytes() for row in sampled} <= expected
+    np.testing.assert_array_equal(next(iterator), want)
   finally:
     server.stop()
 
@@ -298,22 +314,10 @@ def test_learner_trains_offline_then_online_from_replay(
       adder.add(action, timestep)
     for _ in range(5):
       learner.step()
-    assert learner.steps == OFFLINE_STEPS + 5 * sgd_steps
+    # One update per transition taken; none while nothing new is in replay.
+    assert learner.steps == OFFLINE_STEPS + 10
   finally:
     server.stop()
-
-
-def test_interruptible_iterator_passes_items_and_errors():
-  def items():
-    yield 1
-    yield 2
-    raise ValueError('boom')
-  iterator = InterruptibleIterator(items(), poll_s=0.01)
-  assert [next(iterator), next(iterator)] == [1, 2]
-  with pytest.raises(ValueError, match='boom'):
-    next(iterator)
-  with pytest.raises(ValueError, match='boom'):
-    next(iterator)
 
 
 def test_acme_local_layout_runs_offline_then_online(offline_data, spec):

@@ -5,14 +5,13 @@ reward transform, and that the whole update actually fits a known value. The
 pure update itself is tested in tests/core/test_update.py.
 """
 
-import collections
+import itertools
 import os
 import sys
 
 os.environ.setdefault('D4RL_SUPPRESS_IMPORT_ERROR', '1')
 
 from acme import specs  # pylint: disable=g-import-not-at-top,wrong-import-position
-from acme import types as acme_types  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -95,37 +94,50 @@ def test_learner_offline_chunks_stop_exactly_and_save_restore():
   assert learner.steps == 200 and learner.in_offline_phase
 
 
-def test_online_step_mixes_replay_and_applies_reward_transform():
-  config = _config(offline_steps=0, online_fraction=1.0)
+def _rows(data: Transitions) -> np.ndarray:
+  """Transitions as the replay rows the adder writes."""
+  return np.stack([learning.transition_row(*t) for t in zip(
+      data.observations, data.actions, data.rewards, data.discounts,
+      data.next_observations)])
+
+
+def _reader(*takes):
+  """A replay iterator: these takes of rows, then nothing new, forever."""
+  return itertools.chain(takes, itertools.repeat(np.zeros((0, 0), np.float32)))
+
+
+def test_online_step_takes_rows_once_and_applies_reward_transform():
+  config = _config(offline_steps=0, online_fraction=1.0,
+                   rate_limit_tolerance_steps=BATCH)
   transform = RewardTransform(scale=2.0, shift=-1.0)
-  online = _batch(seed=3)
-  sample = collections.namedtuple('Sample', 'data info')(
-      acme_types.Transition(online.observations, online.actions,
-                            online.rewards, online.discounts,
-                            online.next_observations),
-      collections.namedtuple('Info', 'table_size')(np.full(BATCH, 1000)))
+  online = _batch(seed=3)._replace(rewards=np.full(BATCH, 0.25, np.float32))
   learner, logger = _learner(config, _batch(size=100),
-                             replay_iterator=iter([sample]),
+                             replay_iterator=_reader(_rows(online)),
                              reward_transform=transform)
   assert not learner.in_offline_phase
   learner.step()
   row = logger.rows[-1]
-  assert learner.steps == 1 and row['phase'] == 'online'
-  assert row['online_fraction'] == 1.0  # online_fraction=1: all from replay.
-  np.testing.assert_allclose(row['reward'], transform(online.rewards).mean(),
-                             rtol=1e-5)
+  # One update per new transition, every batch row from the online data.
+  assert learner.steps == BATCH and row['phase'] == 'online'
+  assert row['online_fraction'] == 1.0
+  assert row['reward'] == pytest.approx(2.0 * 0.25 - 1.0)
+  assert row['replay_size'] == BATCH == learner.num_online
+  held = learner.online_transitions()
+  np.testing.assert_allclose(held.rewards, transform(online.rewards))
+  np.testing.assert_array_equal(held.observations, online.observations)
+  # Nothing new in replay: no update, no log row (after a short wait).
+  learner.step()
+  assert learner.steps == BATCH and len(logger.rows) == 1
 
 
-def test_transitions_from_replay_applies_reward_transform():
+def test_transitions_from_rows_applies_reward_transform():
   batch = _batch(seed=4, size=5)
-  replay = acme_types.Transition(
-      batch.observations.astype(np.float64), batch.actions, batch.rewards,
-      batch.discounts, batch.next_observations)
   transform = RewardTransform(scale=0.5, shift=-1.0)
-  got = learning.transitions_from_replay(replay, transform)
+  got = learning.transitions_from_rows(_rows(batch), transform, OBS_DIM)
   np.testing.assert_allclose(got.rewards, 0.5 * batch.rewards - 1.0,
                              rtol=1e-6)
   np.testing.assert_allclose(got.observations, batch.observations)
+  np.testing.assert_allclose(got.actions, batch.actions)
   np.testing.assert_allclose(got.next_observations, batch.next_observations)
   np.testing.assert_array_equal(got.discounts, batch.discounts)
   assert got.observations.dtype == jnp.float32
@@ -134,12 +146,9 @@ def test_transitions_from_replay_applies_reward_transform():
 
 def test_replay_rows_round_trip_and_ahead_compiled_online_update():
   """Rows as the adder writes them; the ahead-compiled call equals jit's."""
-  sgd_steps = 2
-  config = _config(offline_steps=0, num_sgd_steps_per_step=sgd_steps)
-  online = _batch(seed=5, size=sgd_steps * BATCH)
-  rows = np.stack([learning.transition_row(*t) for t in zip(
-      online.observations, online.actions, online.rewards, online.discounts,
-      online.next_observations)])
+  config = _config(offline_steps=0, rate_limit_tolerance_steps=BATCH)
+  online = _batch(seed=5, size=BATCH)
+  rows = _rows(online)
   split = learning.split_transition_rows(rows, OBS_DIM)
   np.testing.assert_array_equal(split.observation, online.observations)
   np.testing.assert_array_equal(split.action, online.actions)
@@ -147,17 +156,71 @@ def test_replay_rows_round_trip_and_ahead_compiled_online_update():
   np.testing.assert_array_equal(split.discount, online.discounts)
   np.testing.assert_array_equal(split.next_observation,
                                 online.next_observations)
-  sample = collections.namedtuple('Sample', 'data info')(
-      rows, collections.namedtuple('Info', 'table_size')(np.full(len(rows),
-                                                                 500)))
-  ahead, _ = _learner(config, _batch(size=100), replay_iterator=iter([sample]))
-  jitted, _ = _learner(config, _batch(size=100), replay_iterator=iter([sample]))
+  ahead, _ = _learner(config, _batch(size=100), replay_iterator=_reader(rows))
+  jitted, _ = _learner(config, _batch(size=100), replay_iterator=_reader(rows))
   jitted._online_compiled = None  # pylint: disable=protected-access
   ahead.step()
   jitted.step()
   assert ahead._online_compiled is not None  # pylint: disable=protected-access
-  assert ahead.steps == jitted.steps == sgd_steps
+  assert ahead.steps == jitted.steps == BATCH
   assert _tree_allclose(ahead.save(), jitted.save(), atol=1e-6)
+
+
+@pytest.mark.parametrize('updates_per_env_step', [0.5, 1.0, 3.0])
+def test_updates_are_paid_for_by_transitions(updates_per_env_step):
+  """updates_per_env_step updates per transition taken, never more."""
+  config = _config(offline_steps=0, rate_limit_tolerance_steps=8,
+                   updates_per_env_step=updates_per_env_step)
+  queue = learning.replay_queue_size(config)
+  takes = [_rows(_batch(seed=s, size=n)) for s, n in
+           enumerate([1, queue, 3, 1, 1])]
+  learner, _ = _learner(config, _batch(size=100),
+                        replay_iterator=_reader(*takes))
+  taken = 0
+  for take in takes:
+    learner.step()
+    taken += len(take)
+    assert learner.steps == int(taken * updates_per_env_step)
+    assert learner.owed_updates == pytest.approx(
+        taken * updates_per_env_step - learner.steps)
+  assert learner.num_online == taken
+
+
+def test_online_buffer_grows_then_keeps_the_newest(monkeypatch):
+  """Doubling up to max_replay_size, then FIFO; save and restore round-trip."""
+  monkeypatch.setattr(learning, 'INITIAL_ONLINE_CAPACITY', 4)
+  config = _config(offline_steps=0, rate_limit_tolerance_steps=3,
+                   max_replay_size=10, online_steps=100)
+  data = _batch(seed=6, size=14)
+  rows = _rows(data)
+  takes = [rows[i:i + 3] for i in range(0, 12, 3)] + [rows[12:]]
+  learner, _ = _learner(config, _batch(size=100),
+                        replay_iterator=_reader(*takes))
+  sizes = []
+  for _ in takes:
+    learner.step()
+    sizes.append(learner._online.rewards.shape[0])  # pylint: disable=protected-access
+  assert sizes == [4, 8, 10, 10, 10] and learner.steps == 14
+  held = learner.online_transitions()  # The newest 10, oldest first.
+  np.testing.assert_array_equal(held.observations, data.observations[4:])
+  np.testing.assert_array_equal(held.rewards, data.rewards[4:])
+  other, _ = _learner(config, _batch(size=100),
+                      replay_iterator=_reader(rows[:2]))
+  other.restore_online_transitions(held, owed_updates=0.0)
+  assert other.num_online == 10
+  other.step()  # Two more: the two oldest go.
+  again = other.online_transitions()
+  np.testing.assert_array_equal(again.observations[:8],
+                                data.observations[6:])
+  np.testing.assert_array_equal(again.observations[8:], data.observations[:2])
+
+
+def test_rows_of_the_wrong_size_are_a_clear_error():
+  config = _config(offline_steps=0)
+  learner, _ = _learner(config, _batch(size=100),
+                        replay_iterator=_reader(np.zeros((2, 7), np.float32)))
+  with pytest.raises(ValueError, match='replay rows must have'):
+    learner.step()
 
 
 def test_learner_fits_value_of_constant_reward():

@@ -175,3 +175,46 @@ def test_device_dataset_lives_on_the_first_device():
   for array in data:
     assert array.devices() == {jax.devices()[0]}
   assert data.observations.dtype == np.float32
+
+
+def test_append_transitions_wraps_and_drops_padding():
+  buffer = training.empty_transitions(5, OBS_DIM, ACT_DIM)
+  new = training.device_dataset(_dataset(seed=1, size=4))
+  # Three real rows (one padding) at slot 3 of 5: slots 3, 4, then 0.
+  buffer = training.append_transitions(buffer, new, np.int32(3), np.int32(3))
+  got = np.asarray(buffer.observations)
+  np.testing.assert_array_equal(got[[3, 4, 0]], np.asarray(new.observations)[:3])
+  np.testing.assert_array_equal(got[[1, 2]], 0.0)  # Padding went nowhere.
+  np.testing.assert_array_equal(np.asarray(buffer.rewards)[[3, 4, 0]],
+                                np.asarray(new.rewards)[:3])
+
+
+def test_online_steps_equal_update_steps_on_the_same_mixed_batches(core):
+  """A traced count of updates; each on offline + online rows mixed."""
+  online_steps = jax.jit(training.make_online_steps(core.networks, CONFIG,
+                                                    core.optimizers))
+  online = training.device_dataset(_dataset(seed=3, size=10))
+  num_online = 7  # Rows past 7 are never sampled.
+  start = training.init_training_state(core.networks, core.optimizers,
+                                       jax.random.PRNGKey(4))
+  got, metrics = online_steps(start, core.data, online, np.int32(num_online),
+                              np.int32(3))
+  update = jax.jit(training.make_update_step(core.networks, CONFIG,
+                                             core.optimizers))
+  state = start
+  prob = num_online / (num_online + DATASET_SIZE)
+  for _ in range(3):
+    key, offline_key, online_key, mix_key = jax.random.split(state.key, 4)
+    offline = training.sample_transitions(offline_key, core.data, BATCH)
+    idx = jax.random.randint(online_key, (BATCH,), 0, num_online)
+    assert int(idx.max()) < num_online
+    batch, _ = training.mix_batches(
+        mix_key, offline, jax.tree_util.tree_map(lambda x: x[idx], online),
+        prob, None)
+    state, _ = update(state._replace(key=key), batch)
+  _assert_trees_close(got, state, rtol=RTOL, atol=ATOL)
+  assert int(got.steps) == 3 and 0.0 <= float(metrics['online_fraction']) <= 1
+  # Zero updates: the state comes back as it was.
+  same, _ = online_steps(start, core.data, online, np.int32(num_online),
+                         np.int32(0))
+  _assert_trees_close(same, start)
