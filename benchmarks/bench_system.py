@@ -35,9 +35,9 @@ parameter fetches, CPU contention), so threads in one process (one GIL)
 would measure something else. Evaluation is reduced to one episode at the
 offline end and at the end (`make run` also evaluates every 5,000 updates).
 
-Usage: python benchmarks/bench_system.py [--actors 1,2,4] [--online_steps 3000]
+Usage: python benchmarks/bench_system.py [--actors 1,2,4] [--online_steps 10000]
          [--actor_steps 4000] [--offline_steps 200] [--learner_seconds 20]
-         [--rate_limit_tolerance_steps T]
+         [--rate_limit_tolerance_steps T] [--actor_niceness 10]
 Node output goes to WORKDIR/{actors,online}-N/nodes.log. About 8-10 minutes.
 The last line printed is a JSON object with the figures.
 """
@@ -398,7 +398,7 @@ def main():
                       help='how far the actors may run ahead, in updates (config default)')
   parser.add_argument('--actors', type=parse_counts,
                       default=parse_counts(DEFAULT_ACTORS))
-  parser.add_argument('--online_steps', type=int, default=3_000,
+  parser.add_argument('--online_steps', type=int, default=10_000,
                       help='env steps of each online run (all actors)')
   parser.add_argument('--actor_steps', type=int, default=4_000,
                       help='env steps per actor of each actors-only run')
@@ -408,6 +408,9 @@ def main():
                       help='timed seconds of each learner-only variant')
   parser.add_argument('--warmup_frac', type=float, default=0.2,
                       help='share of env steps left out at each end')
+  parser.add_argument('--actor_niceness', type=int, default=10,
+                      help='as launch/run_finetune.py (0: actors and '
+                      'evaluator at the learner\'s priority)')
   parser.add_argument('--workdir', default=None)
   parser.add_argument('--skip_actors_only', action='store_true')
   args = parser.parse_args()
@@ -425,7 +428,7 @@ def main():
   load_start = load_average()
   log(f'{args.env}, batch {config.batch_size}, '
       f'replay queue {learning.replay_queue_size(config)} transitions, '
-      f'workdir {root}, load {load_start}')
+      f'actor niceness {args.actor_niceness}, workdir {root}, load {load_start}')
 
   offline_rate, online_compute = learner_only(
       config, dataset_fn, args.env, spec, args.learner_seconds)
@@ -436,7 +439,7 @@ def main():
     return program_lib.RunConfig(
         env_name=args.env, workdir=workdir, num_actors=num_actors,
         eval_every=10**9, eval_episodes=1, checkpoint_every_s=10**6,
-        log_every_s=5.0, supervised=True)
+        log_every_s=5.0, actor_niceness=args.actor_niceness, supervised=True)
 
   actors, runs, baselines = {}, {}, [offline_rate]
   for n in args.actors:
@@ -477,6 +480,7 @@ def main():
   print(json.dumps({
       'env': args.env, 'batch_size': config.batch_size,
       'replay_queue_size': learning.replay_queue_size(config),
+      'online_steps': args.online_steps, 'actor_niceness': args.actor_niceness,
       'learner_only_updates_per_s': [round(x, 1) for x in baselines],
       'learner_only_online_update_per_s': round(online_compute, 1),
       'actors_only_env_steps_per_s': {

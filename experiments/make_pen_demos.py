@@ -37,6 +37,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -91,11 +92,18 @@ def parse_args(argv=None):
                       'the BC policy visits (0: BC on the demos alone)')
   parser.add_argument('--dagger_episodes', type=int, default=15,
                       help='BC episodes labelled per DAgger round')
+  parser.add_argument('--dagger_beta', type=float, default=0.0,
+                      help='round r executes the planner\'s label instead '
+                      'of the BC action with probability beta^r (0: never)')
   parser.add_argument('--num_eval_episodes', type=int, default=50,
                       help='fresh-target episodes of the BC success gate')
   parser.add_argument('--gate', type=float, default=0.5,
                       help='BC success needed before BC rollouts are made')
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--num_workers', type=int, default=1,
+                      help='processes running planner and DAgger episodes '
+                      '(each planner then uses --num_threads threads); the '
+                      'output does not depend on it')
   parser.add_argument('--num_samples', type=int,
                       default=DEFAULT_MPPI.num_samples)
   parser.add_argument('--horizon', type=int, default=DEFAULT_MPPI.horizon)
@@ -159,6 +167,73 @@ def save_npz_atomically(file: str, **arrays):
   os.replace(tmp, file)
 
 
+def load_npz(file: str) -> dict:
+  with np.load(file) as cached:
+    return {key: cached[key] for key in cached.files}
+
+
+# One environment per worker process, made on its first job (episodes reset
+# it with their own seed, so reusing it does not change any episode).
+_WORKER_ENV = None
+
+
+def _worker_env():
+  global _WORKER_ENV
+  if _WORKER_ENV is None:
+    _WORKER_ENV = envs.make_gymnasium_env(ENV_NAME, seed=0)
+  return _WORKER_ENV
+
+
+def planner_job(job) -> dict:
+  """Planner episode (file, env seed, configs), cached in `file`."""
+  file, seed, mppi_config, cost_config = job
+  if os.path.exists(file):
+    return load_npz(file)
+  episode = run_planner_episode(_worker_env(), seed, mppi_config, cost_config)
+  save_npz_atomically(file, **episode)
+  return episode
+
+
+def dagger_job(job) -> dict:
+  """DAgger episode (file, env seed, BC params, expert probability,
+  configs), cached in `file`: the BC policy acts (the planner instead with
+  the expert probability) and a planner for the episode's target labels
+  each state.
+  """
+  file, seed, params, expert_probability, mppi_config, cost_config = job
+  if os.path.exists(file):
+    return load_npz(file)
+  planners = {}
+
+  def labeler(env):
+    if 'p' not in planners:
+      planners['p'] = make_planner(env, seed, mppi_config, cost_config)
+    return planners['p']
+
+  episode = run_policy_episode(_worker_env(), seed, bc.bc_policy(params),
+                               rng=np.random.default_rng(seed),
+                               labeler=labeler, stop_on_drop=True,
+                               expert_probability=expert_probability)
+  episode = {key: episode[key] for key in
+             ('observations', 'actions', 'labels', 'goal_achieved')}
+  save_npz_atomically(file, **episode)
+  return episode
+
+
+def map_in_order(function, jobs, num_workers: int):
+  """`map(function, jobs)` lazily, over `num_workers` spawned processes.
+
+  Results come in job order, so a caller that stops early (enough demos)
+  sees the same episodes whatever the worker count. Spawned, not forked:
+  the parent has JAX threads running.
+  """
+  if num_workers <= 1:
+    yield from map(function, jobs)
+    return
+  with multiprocessing.get_context('spawn').Pool(num_workers) as pool:
+    yield from pool.imap(function, jobs)
+
+
 def collect_demos(args, mppi_config, cost_config):
   """Planner episodes until num_demos successes (or caps); cached per episode."""
   # Cached episodes are only valid for the settings that made them.
@@ -169,26 +244,15 @@ def collect_demos(args, mppi_config, cost_config):
   os.makedirs(cache, exist_ok=True)
   max_episodes = args.max_episodes or 3 * args.num_demos
   threshold = envs.success_steps_threshold(ENV_NAME)
-  env = envs.make_gymnasium_env(ENV_NAME, seed=args.seed)
   episodes, successes = [], 0
   deadline = time.time() + 60.0 * args.max_minutes
   progress = tqdm(total=args.num_demos, desc='demos', unit='demo',
                   file=sys.stdout, dynamic_ncols=True)
-  for index in range(max_episodes):
-    if successes >= args.num_demos:
-      break
-    if time.time() > deadline:
-      print(f'planner budget of {args.max_minutes} min spent after {index} '
-            'episodes')
-      break
-    file = os.path.join(cache, f'episode_{args.seed}_{index:04d}.npz')
-    if os.path.exists(file):
-      with np.load(file) as cached:
-        episode = {key: cached[key] for key in cached.files}
-    else:
-      episode = run_planner_episode(env, args.seed + index, mppi_config,
-                                    cost_config)
-      save_npz_atomically(file, **episode)
+  jobs = ((os.path.join(cache, f'episode_{args.seed}_{index:04d}.npz'),
+           args.seed + index, mppi_config, cost_config)
+          for index in range(max_episodes))
+  results = map_in_order(planner_job, jobs, args.num_workers)
+  for index, episode in enumerate(results):
     episode['index'] = index
     episode['held'] = int(episode['goal_achieved'].sum())
     episode['success'] = episode['held'] > threshold
@@ -199,6 +263,13 @@ def collect_demos(args, mppi_config, cost_config):
                          last=f'{float(episode["target_angle"]):.0f}deg/'
                          f'{episode["held"]}held/'
                          f'{float(episode["wall_seconds"]):.0f}s')
+    if successes >= args.num_demos:
+      break
+    if time.time() > deadline:
+      print(f'planner budget of {args.max_minutes} min spent after '
+            f'{index + 1} episodes')
+      break
+  results.close()  # stops the workers still planning
   progress.close()
   return episodes, cache
 
@@ -238,12 +309,17 @@ def make_planner(env, episode_seed, mppi_config, cost_config):
 
 
 def run_policy_episode(env, episode_seed: int, policy, noise_std: float = 0.0,
-                       rng=None, labeler=None, stop_on_drop: bool = False):
+                       rng=None, labeler=None, stop_on_drop: bool = False,
+                       expert_probability: float = 0.0):
   """One episode of `policy` (+ Gaussian action noise).
 
   With `labeler` (a fresh planner for this episode's target) the planner
   also picks its own action at every visited state, told what was executed
-  before (DAgger's relabelling); these are returned as `labels`.
+  before (DAgger's relabelling); these are returned as `labels`. With
+  `expert_probability` p, each step executes the planner's action instead
+  of the policy's with probability p (DAgger's beta mixing: early rounds
+  stay nearer the states the planner reaches, instead of only the states
+  where the pen has just fallen).
   """
   observation, _ = env.reset(seed=episode_seed)
   threshold = envs.success_steps_threshold(ENV_NAME)
@@ -253,6 +329,8 @@ def run_policy_episode(env, episode_seed: int, policy, noise_std: float = 0.0,
     if labeler is not None:
       labels.append(labeler(env).act(env.unwrapped.data, previous))
     action = policy(observation)
+    if expert_probability and rng.random() < expert_probability:
+      action = labels[-1]
     if noise_std:
       action = action + rng.normal(0.0, noise_std, action.shape)
     action = np.clip(action, -1.0, 1.0)
@@ -300,27 +378,14 @@ def dagger(args, env, demos, mppi_config, cost_config, bc_config, cache,
   params = None
   for round_index in range(args.dagger_rounds + 1):
     if round_index:
-      policy = bc.bc_policy(params)
-      for j in tqdm(range(args.dagger_episodes), desc=f'dagger {round_index}',
-                    unit='ep', file=sys.stdout, dynamic_ncols=True):
-        seed = args.seed + DAGGER_SEED_OFFSET + 1000 * round_index + j
-        file = os.path.join(cache, f'dagger_{round_index}_{j:04d}.npz')
-        if os.path.exists(file):
-          with np.load(file) as cached:
-            episode = {key: cached[key] for key in cached.files}
-        else:
-          planners = {}
-          def labeler(env, seed=seed, planners=planners):
-            if 'p' not in planners:
-              planners['p'] = make_planner(env, seed, mppi_config,
-                                           cost_config)
-            return planners['p']
-          episode = run_policy_episode(env, seed, policy, labeler=labeler,
-                                       stop_on_drop=True)
-          save_npz_atomically(file, observations=episode['observations'],
-                              actions=episode['actions'],
-                              labels=episode['labels'],
-                              goal_achieved=episode['goal_achieved'])
+      jobs = [(os.path.join(cache, f'dagger_{round_index}_{j:04d}.npz'),
+               args.seed + DAGGER_SEED_OFFSET + 1000 * round_index + j,
+               params, args.dagger_beta ** round_index, mppi_config,
+               cost_config)
+              for j in range(args.dagger_episodes)]
+      for episode in tqdm(map_in_order(dagger_job, jobs, args.num_workers),
+                          total=len(jobs), desc=f'dagger {round_index}',
+                          unit='ep', file=sys.stdout, dynamic_ncols=True):
         observations.append(episode['observations'][:-1])
         labels.append(episode['labels'])
     inputs, targets = np.concatenate(observations), np.concatenate(labels)
@@ -461,7 +526,8 @@ def main(argv=None):
   eval_seeds = [args.seed + EVAL_SEED_OFFSET + j
                 for j in range(args.num_eval_episodes)]
   bc_key = hashlib.sha1(json.dumps(
-      [dataclasses.asdict(bc_config), len(demos), args.dagger_episodes],
+      [dataclasses.asdict(bc_config), len(demos), args.dagger_episodes]
+      + ([args.dagger_beta] if args.dagger_beta else []),
       sort_keys=True).encode()).hexdigest()[:8]
   dagger_cache = os.path.join(cache, f'dagger_{args.seed}_{bc_key}')
   os.makedirs(dagger_cache, exist_ok=True)
@@ -525,6 +591,7 @@ def main(argv=None):
           'bc_on_demos_alone': history[0],
           'dagger_rounds': args.dagger_rounds,
           'dagger_episodes_per_round': args.dagger_episodes,
+          'dagger_beta': args.dagger_beta,
           'after_each_dagger_round': history[1:],
           'passed': bool(gate_passed)},
       'num_bc_episodes': len(bc_paths),

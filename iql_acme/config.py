@@ -46,8 +46,8 @@ class IQLConfig:
   # How far (in updates) the actors may run ahead of the learner: the
   # learner's replay queue holds this many updates' worth of transitions
   # (the learner itself never runs ahead: it updates on transitions it has).
-  # At 20 learner and actors took turns; at 64 they overlap
-  # (benchmarks/bench_system.py, README).
+  # Too little slack makes learner and actors take turns (they did at 20);
+  # at 64 they overlap (benchmarks/bench_system.py, README).
   rate_limit_tolerance_steps: int = 64
   variable_update_period: int = 100  # actor parameter refresh, in actor steps
 

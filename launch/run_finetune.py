@@ -68,6 +68,10 @@ _ONLINE_FRACTION = flags.DEFINE_float(
     'uniform pool of offline and online data.')
 _EXPLORATION_NOISE = flags.DEFINE_float(
     'exploration_noise', None, 'Std of Gaussian action noise (preset).')
+_ACTOR_NICENESS = flags.DEFINE_integer(
+    'actor_niceness', 10, 'Niceness added to actor and evaluator processes, '
+    '0-19: on shared CPUs the learner gets them first (ignored by local_mt, '
+    'where every node shares one process).')
 # --lp_launch_type=vertex_ai only (defaults: multi_machine.VertexConfig).
 _VERTEX_DEFAULTS = multi_machine.VertexConfig()
 _VERTEX_LEARNER_MACHINE_TYPE = flags.DEFINE_string(
@@ -111,6 +115,9 @@ def _check_flags():
     raise ValueError(f'--batch_size must be positive, got {_BATCH_SIZE.value}')
   if _ONLINE_FRACTION.value is not None and not 0 <= _ONLINE_FRACTION.value <= 1:
     raise ValueError('--online_fraction must be in [0, 1]')
+  if not 0 <= _ACTOR_NICENESS.value <= 19:
+    raise ValueError(f'--actor_niceness must be in 0..19, got '
+                     f'{_ACTOR_NICENESS.value}')
   if (_UPDATES_PER_ENV_STEP.value is not None and
       _UPDATES_PER_ENV_STEP.value <= 0):
     raise ValueError('--updates_per_env_step must be positive')
@@ -201,6 +208,8 @@ def main(_):
       eval_every=_EVAL_EVERY.value, eval_episodes=_EVAL_EPISODES.value,
       log_every_s=_LOG_EVERY.value,
       checkpoint_every_s=_CHECKPOINT_EVERY.value,
+      actor_niceness=(0 if launch_type == 'local_mt'
+                      else _ACTOR_NICENESS.value),
       supervised=launch_type in SUPERVISED_LAUNCH_TYPES)
   logging.info('config: %s', config)
   logging.info('run: %s', run)

@@ -128,6 +128,9 @@ def workdir(tmp_path):
 def test_killed_actor_hands_its_steps_to_the_other(pen_random_npz, workdir):
   run = Run(workdir, pen_random_npz)
   run.wait_online_steps(FAULT_AT_STEPS)
+  # Actors run at the default --actor_niceness above the learner.
+  learner_nice = psutil.Process(run.pid('learner')).nice()
+  assert psutil.Process(run.pid('actor_1')).nice() == learner_nice + 10
   os.kill(run.pid('actor_1'), signal.SIGKILL)
   code, _ = run.finish()
   output = run.output()
@@ -209,6 +212,7 @@ def test_faults_then_resumes_lose_nothing(pen_random_npz, workdir):
 @pytest.mark.parametrize('flag, message', [
     ('--lp_launch_type=bogus', 'error: flag --lp_launch_type=bogus'),
     ('--workdir=/proc/no/such/dir', 'is not writable'),
+    ('--actor_niceness=25', '--actor_niceness must be in 0..19'),
 ])
 def test_bad_launch_flags_are_one_line_errors(flag, message):
   result = subprocess.run(

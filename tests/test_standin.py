@@ -195,6 +195,23 @@ def test_policy_episode_labels_every_visited_state():
                              atol=1e-6)
 
 
+def test_beta_mixing_executes_the_planners_labels():
+  env = envs.make_gymnasium_env(PEN, seed=0)
+  policy = lambda obs: np.full(PEN_ACT_DIM, -0.5)
+  runs = {}
+  for probability in (0.0, 0.5, 1.0):
+    labeler = _RecordingLabeler()
+    runs[probability] = make_pen_demos.run_policy_episode(
+        env, 3, policy, rng=np.random.default_rng(0),
+        labeler=lambda env, labeler=labeler: labeler,
+        expert_probability=probability)
+  np.testing.assert_allclose(runs[0.0]['actions'], -0.5)
+  np.testing.assert_allclose(runs[1.0]['actions'], 0.25)
+  # Mixed: every executed action is the policy's or the label, both occur.
+  executed = runs[0.5]['actions'][:, 0]
+  assert set(np.round(executed, 6)) == {-0.5, 0.25}
+
+
 def test_dagger_adds_labelled_states_and_is_cached(tmp_path):
   env = envs.make_gymnasium_env(PEN, seed=0)
   demo = make_pen_demos.run_policy_episode(
@@ -222,6 +239,31 @@ def test_dagger_adds_labelled_states_and_is_cached(tmp_path):
   assert os.path.exists(tmp_path / 'dagger_1_0000.npz')
   for name in results[0][0]:
     np.testing.assert_array_equal(results[0][0][name], results[1][0][name])
+
+
+def test_parallel_workers_give_the_sequential_episodes(tmp_path):
+  config = mppi.MPPIConfig(num_samples=4, horizon=2, num_threads=1,
+                           plan_substeps=1, noise_knot_every=2)
+  collected = {}
+  for workers in (1, 2):
+    args = make_pen_demos.parse_args([
+        '--out', str(tmp_path), '--work_dir', str(tmp_path / f'w{workers}'),
+        '--num_demos', '3', '--max_episodes', '3', '--seed', '5',
+        '--num_workers', str(workers)])
+    episodes, cache = make_pen_demos.collect_demos(args, config,
+                                                   mppi.PenCostConfig())
+    assert len(os.listdir(cache)) == 3  # every episode cached
+    collected[workers] = episodes
+  assert [e['index'] for e in collected[2]] == [0, 1, 2]
+  for sequential, parallel in zip(collected[1], collected[2]):
+    np.testing.assert_array_equal(sequential['actions'], parallel['actions'])
+    np.testing.assert_array_equal(sequential['goal_achieved'],
+                                  parallel['goal_achieved'])
+  # Episode i is env seed 5 + i: its first observation is that reset's.
+  env = envs.make_gymnasium_env(PEN, seed=0)
+  observation, _ = env.reset(seed=6)
+  np.testing.assert_allclose(collected[2][1]['observations'][0], observation,
+                             atol=1e-6)
 
 
 def _fake_pen_episode(rng, steps=12, achieved_from=5):
