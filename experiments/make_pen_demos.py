@@ -10,9 +10,12 @@ Pipeline:
   1. planner episodes (smoothed MPPI: knot noise, action-change cost, filtered
      execution; `mppi.MPPIConfig`) until --num_demos succeed;
   2. BC (2x256 MLP) on the demos, then --dagger_rounds DAgger rounds: the BC
-     policy acts, the planner labels every visited state, BC is refitted on
-     demos + labels; after each fit BC is scored noise-free on
-     --num_eval_episodes fresh targets (the gate);
+     policy acts (in round r the planner's action instead with probability
+     --dagger_beta^r), the planner labels every visited state (from its own
+     warm-started plan, or with --dagger_labels policy_guided around the BC
+     policy's rollout from that state), BC is refitted on demos + labels;
+     after each fit BC is scored noise-free on --num_eval_episodes fresh
+     targets (the gate);
   3. only if the last BC passes the gate (--gate), noisy BC rollouts
      (noise std cycled through --bc_noise_stds) are written.
 
@@ -29,7 +32,8 @@ Writes `pen2_sparse.npy`, `pen_bc_sparse4.npy` (if the gate passes) and
 `meta.json` to --out, and per-episode CSVs plus a PNG of the demonstrator's
 success by target angle to --work_dir. Every planner and DAgger episode is
 cached in --work_dir as it finishes, so an interrupted run resumes where it
-stopped; given --seed the output is deterministic.
+stopped; given --seed the output is deterministic, whatever --num_workers
+(planner and DAgger episodes run in that many spawned processes).
 """
 
 import argparse
@@ -41,10 +45,12 @@ import multiprocessing
 import os
 import sys
 import time
+from typing import Optional
 
 os.environ.setdefault('D4RL_SUPPRESS_IMPORT_ERROR', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import mujoco  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
@@ -95,6 +101,10 @@ def parse_args(argv=None):
   parser.add_argument('--dagger_beta', type=float, default=0.0,
                       help='round r executes the planner\'s label instead '
                       'of the BC action with probability beta^r (0: never)')
+  parser.add_argument('--dagger_labels', default='planner',
+                      choices=('planner', 'policy_guided'),
+                      help='planner: its own warm-started plan; '
+                      'policy_guided: MPPI around the BC policy\'s rollout')
   parser.add_argument('--num_eval_episodes', type=int, default=50,
                       help='fresh-target episodes of the BC success gate')
   parser.add_argument('--gate', type=float, default=0.5,
@@ -194,20 +204,63 @@ def planner_job(job) -> dict:
   return episode
 
 
+class PolicyGuidedLabeler:
+  """Labels a state with MPPI warm-started from the policy's own plan.
+
+  The nominal plan is the policy's closed-loop rollout from the state (in a
+  scratch copy of the simulator), so the sampled plans perturb what the
+  policy would do from here and the label is the policy's action plus the
+  planner's correction: a function of the state, not of the planner's own
+  earlier plans, which a policy of the observation can fit.
+  """
+
+  def __init__(self, env, planner: mppi.MPPIPlanner, policy):
+    self._env, self._planner, self._policy = env.unwrapped, planner, policy
+    self._scratch = mujoco.MjData(self._env.model)
+    self._state = np.empty(mujoco.mj_stateSize(self._env.model,
+                                               mppi.FULL_PHYSICS))
+
+  def policy_plan(self, data: mujoco.MjData) -> np.ndarray:
+    """[horizon, nu]: the policy's actions rolled out from `data`'s state."""
+    env, model, scratch = self._env, self._env.model, self._scratch
+    mujoco.mj_getState(model, data, self._state, mppi.FULL_PHYSICS)
+    mujoco.mj_setState(model, scratch, self._state, mppi.FULL_PHYSICS)
+    mujoco.mj_forward(model, scratch)
+    plan, real = [], env.data
+    env.data = scratch  # The env's own observation function, on the copy.
+    try:
+      for _ in range(self._planner.config.horizon):
+        action = np.clip(self._policy(env._get_obs()), -1.0, 1.0)  # pylint: disable=protected-access
+        plan.append(action)
+        scratch.ctrl[:] = env.act_mean + action * env.act_rng
+        mujoco.mj_step(model, scratch, nstep=env.frame_skip)
+    finally:
+      env.data = real
+    return np.array(plan)
+
+  def act(self, data: mujoco.MjData,
+          previous_action: Optional[np.ndarray] = None) -> np.ndarray:
+    self._planner.reset(plan=self.policy_plan(data))
+    return self._planner.act(data, previous_action)
+
+
 def dagger_job(job) -> dict:
   """DAgger episode (file, env seed, BC params, expert probability,
-  configs), cached in `file`: the BC policy acts (the planner instead with
-  the expert probability) and a planner for the episode's target labels
-  each state.
+  policy-guided labels?, configs), cached in `file`: the BC policy acts (the
+  planner instead with the expert probability) and a planner for the
+  episode's target labels each state.
   """
-  file, seed, params, expert_probability, mppi_config, cost_config = job
+  (file, seed, params, expert_probability, guided, mppi_config,
+   cost_config) = job
   if os.path.exists(file):
     return load_npz(file)
   planners = {}
 
   def labeler(env):
     if 'p' not in planners:
-      planners['p'] = make_planner(env, seed, mppi_config, cost_config)
+      planner = make_planner(env, seed, mppi_config, cost_config)
+      planners['p'] = (PolicyGuidedLabeler(env, planner, bc.bc_policy(params))
+                       if guided else planner)
     return planners['p']
 
   episode = run_policy_episode(_worker_env(), seed, bc.bc_policy(params),
@@ -380,7 +433,8 @@ def dagger(args, env, demos, mppi_config, cost_config, bc_config, cache,
     if round_index:
       jobs = [(os.path.join(cache, f'dagger_{round_index}_{j:04d}.npz'),
                args.seed + DAGGER_SEED_OFFSET + 1000 * round_index + j,
-               params, args.dagger_beta ** round_index, mppi_config,
+               params, args.dagger_beta ** round_index,
+               args.dagger_labels == 'policy_guided', mppi_config,
                cost_config)
               for j in range(args.dagger_episodes)]
       for episode in tqdm(map_in_order(dagger_job, jobs, args.num_workers),
@@ -527,7 +581,8 @@ def main(argv=None):
                 for j in range(args.num_eval_episodes)]
   bc_key = hashlib.sha1(json.dumps(
       [dataclasses.asdict(bc_config), len(demos), args.dagger_episodes]
-      + ([args.dagger_beta] if args.dagger_beta else []),
+      + ([args.dagger_beta] if args.dagger_beta else [])
+      + ([args.dagger_labels] if args.dagger_labels != 'planner' else []),
       sort_keys=True).encode()).hexdigest()[:8]
   dagger_cache = os.path.join(cache, f'dagger_{args.seed}_{bc_key}')
   os.makedirs(dagger_cache, exist_ok=True)
@@ -592,6 +647,7 @@ def main(argv=None):
           'dagger_rounds': args.dagger_rounds,
           'dagger_episodes_per_round': args.dagger_episodes,
           'dagger_beta': args.dagger_beta,
+          'dagger_labels': args.dagger_labels,
           'after_each_dagger_round': history[1:],
           'passed': bool(gate_passed)},
       'num_bc_episodes': len(bc_paths),

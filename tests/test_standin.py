@@ -212,6 +212,28 @@ def test_beta_mixing_executes_the_planners_labels():
   assert set(np.round(executed, 6)) == {-0.5, 0.25}
 
 
+def test_policy_guided_plan_is_the_policys_own_rollout():
+  env = envs.make_gymnasium_env(PEN, seed=0)
+  observation, _ = env.reset(seed=4)
+  weights = np.random.default_rng(0).normal(0, 0.3, (PEN_OBS_DIM, PEN_ACT_DIM))
+  policy = lambda obs: np.tanh(np.asarray(obs, np.float64) @ weights)
+  config = mppi.MPPIConfig(num_samples=4, horizon=5, num_threads=1)
+  planner = make_pen_demos.make_planner(env, 4, config, mppi.PenCostConfig())
+  labeler = make_pen_demos.PolicyGuidedLabeler(env, planner, policy)
+  data = env.unwrapped.data
+  qpos, qvel = data.qpos.copy(), data.qvel.copy()
+  plan = labeler.policy_plan(data)
+  assert plan.shape == (5, PEN_ACT_DIM)
+  np.testing.assert_array_equal(data.qpos, qpos)  # The real env is untouched.
+  np.testing.assert_array_equal(data.qvel, qvel)
+  # Stepping the real env with the plan shows the policy the same states.
+  for action in plan:
+    np.testing.assert_allclose(policy(observation), action, atol=1e-3)
+    observation = env.step(action)[0]
+  label = labeler.act(data)
+  assert label.shape == (PEN_ACT_DIM,) and np.all(np.abs(label) <= 1.0)
+
+
 def test_dagger_adds_labelled_states_and_is_cached(tmp_path):
   env = envs.make_gymnasium_env(PEN, seed=0)
   demo = make_pen_demos.run_policy_episode(
