@@ -62,11 +62,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV_NAME = 'pen-binary-v0'
 NUM_ACTORS = 2
 OFFLINE_STEPS = 50
-ONLINE_STEPS = 200
+ONLINE_STEPS = 1000  # Seconds of online phase even at ~250 env steps/s.
 BATCH_SIZE = 64
 EVAL_EPISODES = 1
 EVAL_EVERY = 10 * (OFFLINE_STEPS + ONLINE_STEPS)  # Only offline-end and final.
-LOG_EVERY_S = 1.0   # The evaluator then asks the replay its size each second.
+LOG_EVERY_S = 0.1   # The evaluator then asks the replay its size often.
 # Every node on a namespace host listens on this one port: only distinct
 # hosts can all bind it.
 NODE_PORT = 2222
