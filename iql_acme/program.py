@@ -75,9 +75,9 @@ class RunConfig:
   log_every_s: float = 10.0
   # Niceness added to the actor and evaluator processes (0: none). Where
   # they share CPUs with the learner, the bottleneck of paced training, it
-  # gets the CPU first: online updates/s at 1:1 rose from 86/86/83% to
-  # 92/94/90% of the learner-only rate with 1/2/4 actors on 2 cores
-  # (benchmarks/bench_system.py, README). Each node must own its process:
+  # gets the CPU first: online updates/s at 1:1 went from 86/86/83% to
+  # 95/92/87% (another run: 92/94/90%) of the learner-only rate with 1/2/4
+  # actors on 2 cores (benchmarks/bench_system.py, README). Each node must own its process:
   # in `local_mt` (one process) the launcher passes 0.
   actor_niceness: int = 0
   # True when the launcher's supervisor watches the nodes: then a node that
