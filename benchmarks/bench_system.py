@@ -27,7 +27,11 @@ stand-in dataset):
                 (`--warmup_frac` of the env steps skipped at each end);
                 the CPU each node used in that window is read from /proc.
                 It also reports the phase boundary: how long the first
-                online update took (the learner's log line).
+                online update took (the learner's log line). Each actor
+                count runs --repeats times, interleaved (1, 2, 4, 1, 2,
+                4, ...): one run's share swings by about +-5 points on
+                this shared machine, so the summary is the mean share with
+                its standard error.
 
 Why the real Launchpad program for the online rate: what holds the rate
 back lies between processes (gRPC reads and inserts, the pacing,
@@ -38,7 +42,9 @@ offline end and at the end (`make run` also evaluates every 5,000 updates).
 Usage: python benchmarks/bench_system.py [--actors 1,2,4] [--online_steps 10000]
          [--actor_steps 4000] [--offline_steps 200] [--learner_seconds 20]
          [--rate_limit_tolerance_steps T] [--actor_niceness 10]
-Node output goes to WORKDIR/{actors,online}-N/nodes.log. About 8-10 minutes.
+         [--[no-]actor_idle_scheduling] [--repeats R]
+Node output goes to WORKDIR/{actors,online}-N[-R]/nodes.log. About 15 minutes
+(3 repeats; 13 with --skip_actors_only).
 The last line printed is a JSON object with the figures.
 """
 
@@ -411,9 +417,18 @@ def main():
   parser.add_argument('--actor_niceness', type=int, default=10,
                       help='as launch/run_finetune.py (0: actors and '
                       'evaluator at the learner\'s priority)')
+  parser.add_argument('--actor_idle_scheduling',
+                      action=argparse.BooleanOptionalAction, default=True,
+                      help='as launch/run_finetune.py (SCHED_IDLE actors and '
+                      'evaluator)')
+  parser.add_argument('--repeats', type=int, default=3,
+                      help='online runs per actor count (interleaved); the '
+                      'summary gives their mean and standard error')
   parser.add_argument('--workdir', default=None)
   parser.add_argument('--skip_actors_only', action='store_true')
   args = parser.parse_args()
+  if args.repeats < 1:
+    parser.error(f'--repeats must be >= 1, got {args.repeats}')
 
   root = args.workdir or tempfile.mkdtemp(prefix='bench_system_')
   environment = envs.make_environment(args.env, seed=0)
@@ -428,64 +443,83 @@ def main():
   load_start = load_average()
   log(f'{args.env}, batch {config.batch_size}, '
       f'replay queue {learning.replay_queue_size(config)} transitions, '
-      f'actor niceness {args.actor_niceness}, workdir {root}, load {load_start}')
+      f'actor niceness {args.actor_niceness}, idle scheduling '
+      f'{args.actor_idle_scheduling}, workdir {root}, load {load_start}')
 
   offline_rate, online_compute = learner_only(
       config, dataset_fn, args.env, spec, args.learner_seconds)
 
-  def run_config(kind, num_actors):
-    workdir = os.path.join(root, f'{kind}-{num_actors}')
+  def run_config(kind, num_actors, repeat=0):
+    workdir = os.path.join(root, f'{kind}-{num_actors}'
+                           + (f'-{repeat}' if repeat else ''))
     os.makedirs(workdir, exist_ok=True)
     return program_lib.RunConfig(
         env_name=args.env, workdir=workdir, num_actors=num_actors,
         eval_every=10**9, eval_episodes=1, checkpoint_every_s=10**6,
-        log_every_s=5.0, actor_niceness=args.actor_niceness, supervised=True)
+        log_every_s=5.0, actor_niceness=args.actor_niceness,
+        actor_idle_scheduling=args.actor_idle_scheduling, supervised=True)
 
-  actors, runs, baselines = {}, {}, [offline_rate]
-  for n in args.actors:
-    if not args.skip_actors_only:
+  actors, baselines = {}, [offline_rate]
+  runs = {n: [] for n in args.actors}
+  if not args.skip_actors_only:
+    for n in args.actors:
       actors[n] = actors_only(config, dataset_fn, spec, run_config('actors', n),
                               n * args.actor_steps)
       log(f'actors-only x{n}: {actors[n]["env_steps_per_s"]:.1f} env steps/s '
           f'(CPU seconds, start-up included: {actors[n]["cpu_seconds"]}), '
           f'load {load_average()}')
-    runs[n] = online(config, dataset_fn, run_config('online', n),
-                     args.warmup_frac)
+  for repeat, n in itertools.product(range(args.repeats), args.actors):
+    run = online(config, dataset_fn, run_config('online', n, repeat),
+                 args.warmup_frac)
     # The machine's speed drifts (shared host): the baseline of each online
     # run is the mean of the learner-only rates measured just before and
     # just after it.
     baselines.append(learner_offline_rate(config, dataset_fn, spec,
                                           args.learner_seconds))
-    runs[n]['learner_only_before_after'] = [round(x, 1)
-                                            for x in baselines[-2:]]
-    runs[n]['fraction_of_learner_only'] = round(
-        runs[n]['updates_per_s'] / np.mean(baselines[-2:]), 3)
-    log(f'online x{n}: {runs[n]["updates_per_s"]:.1f} updates/s = '
-        f'{100 * runs[n]["fraction_of_learner_only"]:.0f}% of learner-only, '
-        f'{runs[n]["env_steps_per_s"]:.1f} env steps/s, ratio '
-        f'{runs[n]["update_to_env_step_ratio"]}, first online update '
-        f'{runs[n]["first_online_update_s"]}s, load {load_average()}')
-    log(f'  cores used: {runs[n]["cpu_cores"]}')
+    run['learner_only_before_after'] = [round(x, 1) for x in baselines[-2:]]
+    run['fraction_of_learner_only'] = round(
+        run['updates_per_s'] / np.mean(baselines[-2:]), 3)
+    runs[n].append(run)
+    log(f'online x{n} (run {repeat + 1}/{args.repeats}): '
+        f'{run["updates_per_s"]:.1f} updates/s = '
+        f'{100 * run["fraction_of_learner_only"]:.0f}% of learner-only, '
+        f'{run["env_steps_per_s"]:.1f} env steps/s, ratio '
+        f'{run["update_to_env_step_ratio"]}, first online update '
+        f'{run["first_online_update_s"]}s, load {load_average()}')
+    log(f'  cores used: {run["cpu_cores"]}')
 
   print(f'learner-only: {offline_rate:.1f} updates/s offline (first), '
         f'{online_compute:.1f} online update compute')
+  summary = {}
   for n in args.actors:
+    fractions = np.array([r['fraction_of_learner_only'] for r in runs[n]])
+    se = (fractions.std(ddof=1) / np.sqrt(len(fractions))
+          if len(fractions) > 1 else float('nan'))
+    summary[n] = {'fraction_mean': round(float(fractions.mean()), 3),
+                  'fraction_se': round(float(se), 3),
+                  'fractions': fractions.tolist(), 'runs': runs[n]}
     actor_text = (f'actors-only {actors[n]["env_steps_per_s"]:7.1f} env/s, '
                   if n in actors else '')
-    print(f'{n} actor(s): {actor_text}online {runs[n]["updates_per_s"]:6.1f} '
-          f'updates/s = {100 * runs[n]["fraction_of_learner_only"]:5.1f}% of '
-          f'learner-only {runs[n]["learner_only_before_after"]} (ratio {runs[n]["update_to_env_step_ratio"]}, first '
-          f'online update {runs[n]["first_online_update_s"]}s)')
+    for r in runs[n]:
+      print(f'{n} actor(s): {actor_text}online {r["updates_per_s"]:6.1f} '
+            f'updates/s = {100 * r["fraction_of_learner_only"]:5.1f}% of '
+            f'learner-only {r["learner_only_before_after"]} (ratio '
+            f'{r["update_to_env_step_ratio"]}, first online update '
+            f'{r["first_online_update_s"]}s)')
+    print(f'{n} actor(s): mean {100 * fractions.mean():5.1f}% '
+          f'+- {100 * se:.1f} (standard error, {len(fractions)} runs)')
   print(f'load average: start {load_start}, end {load_average()}')
   print(json.dumps({
       'env': args.env, 'batch_size': config.batch_size,
       'replay_queue_size': learning.replay_queue_size(config),
       'online_steps': args.online_steps, 'actor_niceness': args.actor_niceness,
+      'actor_idle_scheduling': args.actor_idle_scheduling,
+      'repeats': args.repeats,
       'learner_only_updates_per_s': [round(x, 1) for x in baselines],
       'learner_only_online_update_per_s': round(online_compute, 1),
       'actors_only_env_steps_per_s': {
           str(n): a['env_steps_per_s'] for n, a in actors.items()},
-      'online': {str(n): r for n, r in runs.items()},
+      'online': {str(n): s for n, s in summary.items()},
       'load_average_start': load_start, 'load_average_end': load_average(),
   }))
 

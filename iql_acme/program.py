@@ -73,32 +73,37 @@ class RunConfig:
   eval_episodes: int = evaluation.DEFAULT_EVAL_EPISODES
   checkpoint_every_s: float = DEFAULT_CHECKPOINT_EVERY_S
   log_every_s: float = 10.0
-  # Niceness added to the actor and evaluator processes (0: none). Where
-  # they share CPUs with the learner, the bottleneck of paced training, it
-  # gets the CPU first: online updates/s at 1:1 went from 86/86/83% to
-  # 95/92/87% (another run: 92/94/90%) of the learner-only rate with 1/2/4
-  # actors on 2 cores (benchmarks/bench_system.py, README). Each node must own its process:
-  # in `local_mt` (one process) the launcher passes 0.
+  # The actor and evaluator processes' CPU priority below the learner's,
+  # the bottleneck of paced training, where they share CPUs: niceness added
+  # (0: none) and, with `actor_idle_scheduling`, Linux's SCHED_IDLE policy
+  # (they run only on CPU time the learner leaves idle, and their wake-ups
+  # never preempt its XLA threads). Each node must own its process: in
+  # `local_mt` (one process) the launcher passes 0 and False. Figures:
+  # benchmarks/bench_system.py, README.
   actor_niceness: int = 0
+  actor_idle_scheduling: bool = False
   # True when the launcher's supervisor watches the nodes: then a node that
   # ends (fails, or the evaluator finishes) leaves stopping to it.
   supervised: bool = False
 
 
-def lower_priority(niceness: int):
-  """Adds `niceness` to every thread of this process (Linux nice is per
-  thread; threads started later inherit it)."""
-  if niceness <= 0:
+def lower_priority(niceness: int, idle: bool = False):
+  """Adds `niceness` to every thread of this process and, with `idle`, puts
+  them under SCHED_IDLE (Linux priority is per thread; threads started later
+  inherit it). Where SCHED_IDLE is missing, niceness alone applies."""
+  if niceness <= 0 and not idle:
     return
   try:
     threads = [int(tid) for tid in os.listdir('/proc/self/task')]
   except OSError:  # No /proc: this thread, and the threads it starts.
-    os.nice(niceness)
-    return
+    threads = [0]
   for tid in threads:
     try:
-      os.setpriority(os.PRIO_PROCESS, tid,
-                     os.getpriority(os.PRIO_PROCESS, tid) + niceness)
+      if niceness > 0:
+        os.setpriority(os.PRIO_PROCESS, tid,
+                       os.getpriority(os.PRIO_PROCESS, tid) + niceness)
+      if idle and hasattr(os, 'SCHED_IDLE'):
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
     except (ProcessLookupError, PermissionError):
       pass  # The thread ended meanwhile.
 
@@ -392,7 +397,8 @@ class ActorNode:
                                     run.log_every_s, steps_key='actor_steps')
 
   def run(self):
-    lower_priority(self._run.actor_niceness)
+    lower_priority(self._run.actor_niceness,
+                   self._run.actor_idle_scheduling)
     stop_program_on_failure(self._run.workdir, f'actor_{self._id}',
                             self._act, self._run.supervised)
 
@@ -508,7 +514,8 @@ class EvaluatorNode:
     return int(info[self._config.replay_table_name].current_size)
 
   def run(self):
-    lower_priority(self._run.actor_niceness)
+    lower_priority(self._run.actor_niceness,
+                   self._run.actor_idle_scheduling)
     stop_program_on_failure(self._run.workdir, 'evaluator', self._coordinate,
                             self._run.supervised)
 

@@ -72,6 +72,10 @@ _ACTOR_NICENESS = flags.DEFINE_integer(
     'actor_niceness', 10, 'Niceness added to actor and evaluator processes, '
     '0-19: on shared CPUs the learner gets them first (ignored by local_mt, '
     'where every node shares one process).')
+_ACTOR_IDLE_SCHEDULING = flags.DEFINE_boolean(
+    'actor_idle_scheduling', True, 'Run actor and evaluator processes under '
+    "Linux's SCHED_IDLE policy: on shared CPUs they use only the time the "
+    'learner leaves idle (ignored by local_mt).')
 # --lp_launch_type=vertex_ai only (defaults: multi_machine.VertexConfig).
 _VERTEX_DEFAULTS = multi_machine.VertexConfig()
 _VERTEX_LEARNER_MACHINE_TYPE = flags.DEFINE_string(
@@ -210,6 +214,8 @@ def main(_):
       checkpoint_every_s=_CHECKPOINT_EVERY.value,
       actor_niceness=(0 if launch_type == 'local_mt'
                       else _ACTOR_NICENESS.value),
+      actor_idle_scheduling=(launch_type != 'local_mt' and
+                             _ACTOR_IDLE_SCHEDULING.value),
       supervised=launch_type in SUPERVISED_LAUNCH_TYPES)
   logging.info('config: %s', config)
   logging.info('run: %s', run)

@@ -128,9 +128,12 @@ def workdir(tmp_path):
 def test_killed_actor_hands_its_steps_to_the_other(pen_random_npz, workdir):
   run = Run(workdir, pen_random_npz)
   run.wait_online_steps(FAULT_AT_STEPS)
-  # Actors run at the default --actor_niceness above the learner.
+  # Actors run at the default --actor_niceness above the learner, and under
+  # SCHED_IDLE (--actor_idle_scheduling); the learner keeps the normal policy.
   learner_nice = psutil.Process(run.pid('learner')).nice()
   assert psutil.Process(run.pid('actor_1')).nice() == learner_nice + 10
+  assert os.sched_getscheduler(run.pid('actor_1')) == os.SCHED_IDLE
+  assert os.sched_getscheduler(run.pid('learner')) == os.SCHED_OTHER
   os.kill(run.pid('actor_1'), signal.SIGKILL)
   code, _ = run.finish()
   output = run.output()
