@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+SCRIPT_TIMEOUT_S = 120  # Imports (TF, Launchpad) take a few seconds.
+
 SCRIPT = r'''
 import json, os, sys, threading
 from iql_acme import program
@@ -20,17 +22,26 @@ def priority(tid):
   return [os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid)]
 
 release = threading.Event()
-early = threading.Thread(target=release.wait)
+early = threading.Thread(target=release.wait, daemon=True)
 early.start()
-before = priority(early.native_id)
-program.lower_priority(int(sys.argv[1]), idle=sys.argv[2] == 'idle')
-later = {}
-def record():
-  later['priority'] = priority(threading.get_native_id())
-late = threading.Thread(target=record)
-late.start(); late.join()
-threads = {tid: priority(int(tid)) for tid in os.listdir('/proc/self/task')}
-release.set(); early.join()
+try:
+  before = priority(early.native_id)
+  program.lower_priority(int(sys.argv[1]), idle=sys.argv[2] == 'idle')
+  later = {}
+  def record():
+    later['priority'] = priority(threading.get_native_id())
+  late = threading.Thread(target=record)
+  late.start()
+  late.join()
+  threads = {}
+  for tid in os.listdir('/proc/self/task'):
+    try:
+      threads[tid] = priority(int(tid))
+    except ProcessLookupError:
+      pass  # A thread that ended meanwhile (the late one).
+  assert str(early.native_id) in threads
+finally:
+  release.set()
 print(json.dumps({'before': before, 'threads': threads,
                   'later': later['priority']}))
 '''
@@ -39,6 +50,7 @@ print(json.dumps({'before': before, 'threads': threads,
 def _priorities(niceness: int, mode: str) -> dict:
   out = subprocess.run([sys.executable, '-c', SCRIPT, str(niceness), mode],
                        capture_output=True, text=True, check=True,
+                       timeout=SCRIPT_TIMEOUT_S,
                        cwd=os.path.dirname(os.path.dirname(__file__)))
   return json.loads(out.stdout.strip().splitlines()[-1])
 

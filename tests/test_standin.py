@@ -1,5 +1,6 @@
 """Tests of the stand-in data generators on tiny settings (no full regeneration)."""
 
+import json
 import os
 import sys
 
@@ -416,3 +417,70 @@ def test_maze2d_writer_produces_d4rl_hdf5(tmp_path):
   transitions, _ = load_dataset(file, domain='antmaze', obs_dim=4, act_dim=2)
   assert transitions.rewards.shape == (num_steps - 1 - 2,)
   assert os.path.exists(file.replace('.hdf5', '.png'))
+
+
+def _pen_bc_sweep_cache(tmp_path):
+  """Two 'successful' planner episodes and one DAgger round, real env states
+  in make_pen_demos' cache layout (goal flags set: these are not planned)."""
+  import pen_bc_sweep  # pylint: disable=g-import-not-at-top
+  env = envs.make_gymnasium_env(PEN, seed=0)
+  planner_dir, dagger_dir = tmp_path / 'planner', tmp_path / 'dagger'
+  planner_dir.mkdir()
+  dagger_dir.mkdir()
+  rng = np.random.default_rng(0)
+  lengths = []
+  for index in range(3):  # Episode 1 fails: not a demo.
+    episode = make_pen_demos.run_policy_episode(
+        env, index, lambda obs: rng.uniform(-1, 1, PEN_ACT_DIM))
+    episode['goal_achieved'][:] = index != 1
+    make_pen_demos.save_npz_atomically(
+        str(planner_dir / f'episode_0_{index:04d}.npz'),
+        observations=episode['observations'], actions=episode['actions'],
+        goal_achieved=episode['goal_achieved'])
+    lengths.append(len(episode['actions']))
+  labelled = make_pen_demos.run_policy_episode(
+      env, 50, lambda obs: np.zeros(PEN_ACT_DIM))
+  make_pen_demos.save_npz_atomically(
+      str(dagger_dir / 'dagger_1_0000.npz'),
+      observations=labelled['observations'],
+      labels=rng.uniform(-1, 1, labelled['actions'].shape))
+  return pen_bc_sweep, str(planner_dir), str(dagger_dir), (
+      lengths[0] + lengths[2], len(labelled['actions']))
+
+
+def test_pen_bc_sweep_refits_bc_per_configuration(tmp_path):
+  sweep, planner_dir, dagger_dir, (demo_steps, label_steps) = (
+      _pen_bc_sweep_cache(tmp_path))
+  out = tmp_path / 'sweep.json'
+  sweep.main(['--planner_dir', planner_dir, '--dagger_dir', dagger_dir,
+              '--num_demos', '2', '--num_eval_episodes', '2', '--out',
+              str(out), '--configs',
+              'rounds=0,steps=20;rounds=1,steps=30,noise=0.1,seed=1,lr=3e-4'])
+  results = json.load(open(out))['results']
+  assert [r['config']['rounds'] for r in results] == [0, 1]
+  assert results[0]['training_transitions'] == demo_steps
+  assert results[1]['training_transitions'] == demo_steps + label_steps
+  assert results[1]['bc']['num_steps'] == 30
+  assert results[1]['bc']['input_noise'] == 0.1
+  assert results[1]['bc']['learning_rate'] == 3e-4
+  for r in results:
+    assert r['episodes'] == 2
+    assert r['standard_error'] == pytest.approx(
+        np.sqrt(r['success_rate'] * (1 - r['success_rate']) / 2))
+
+
+@pytest.mark.parametrize('configs,num_demos,message', [
+    ('rounds=0,depth=3', '2', 'bad configuration item'),
+    ('rounds=2', '2', 'no DAgger round 2'),
+    ('rounds=0', '3', 'fewer than --num_demos 3'),
+])
+def test_pen_bc_sweep_bad_input_is_one_clear_error(tmp_path, capsys, configs,
+                                                   num_demos, message):
+  sweep, planner_dir, dagger_dir, _ = _pen_bc_sweep_cache(tmp_path)
+  with pytest.raises(SystemExit) as exit_info:
+    sweep.main(['--planner_dir', planner_dir, '--dagger_dir', dagger_dir,
+                '--num_demos', num_demos, '--configs', configs, '--out',
+                str(tmp_path / 'x.json')])
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / 'x.json')
