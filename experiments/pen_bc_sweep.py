@@ -66,10 +66,10 @@ def parse_configs(text: str) -> list:
 
 def load_demos(planner_dir: str, num_demos: int, seed: int):
   """The first `num_demos` successful planner episodes, in episode order."""
-  threshold = envs.success_steps_threshold(pen.ENV_NAME)
   files = sorted(glob.glob(os.path.join(planner_dir, f'episode_{seed}_*.npz')))
   demos = [e for e in map(pen.load_npz, files)
-           if e['goal_achieved'].sum() > threshold][:num_demos]
+           if envs.episode_success(pen.ENV_NAME, e['goal_achieved'])]
+  demos = demos[:num_demos]
   if len(demos) < num_demos:
     raise ValueError(f'{planner_dir} holds {len(demos)} successful planner '
                      f'episodes, fewer than --num_demos {num_demos}; run '
@@ -78,28 +78,25 @@ def load_demos(planner_dir: str, num_demos: int, seed: int):
           [e['actions'] for e in demos])
 
 
-def dagger_files(dagger_dir: str, round_index: int) -> list:
-  files = sorted(glob.glob(os.path.join(dagger_dir,
-                                        f'dagger_{round_index}_*.npz')))
-  if not files:
-    raise ValueError(f'no DAgger round {round_index} in {dagger_dir}; lower '
-                     'rounds= or point --dagger_dir at a run with it')
-  return files
-
-
-def load_labels(dagger_dir: str, rounds: int):
-  observations, labels = [], []
+def load_rounds(dagger_dir: str, rounds: int) -> list:
+  """[(observations, labels) per episode] of each DAgger round 1..rounds."""
+  loaded = []
   for round_index in range(1, rounds + 1):
-    for episode in map(pen.load_npz, dagger_files(dagger_dir, round_index)):
-      observations.append(episode['observations'][:-1])
-      labels.append(episode['labels'])
-  return observations, labels
+    files = sorted(glob.glob(os.path.join(dagger_dir,
+                                          f'dagger_{round_index}_*.npz')))
+    if not files:
+      raise ValueError(f'no DAgger round {round_index} in {dagger_dir}; '
+                       'lower rounds= or point --dagger_dir at a run with it')
+    loaded.append([(e['observations'][:-1], e['labels'])
+                   for e in map(pen.load_npz, files)])
+  return loaded
 
 
-def run_config(config: dict, demos, args, env) -> dict:
-  observations, labels = load_labels(args.dagger_dir, config['rounds'])
-  inputs = np.concatenate(demos[0] + observations)
-  targets = np.concatenate(demos[1] + labels)
+def run_config(config: dict, demos, rounds: list, args, env) -> dict:
+  labelled = [pair for episodes in rounds[:config['rounds']]
+              for pair in episodes]
+  inputs = np.concatenate(demos[0] + [obs for obs, _ in labelled])
+  targets = np.concatenate(demos[1] + [label for _, label in labelled])
   bc_config = dataclasses.replace(bc.BCConfig(), **{
       KEYS[k][0]: v for k, v in config.items() if KEYS[k][0]})
   start = time.time()
@@ -134,14 +131,13 @@ def main(argv=None):
   try:
     configs = parse_configs(args.configs)
     demos = load_demos(args.planner_dir, args.num_demos, args.seed)
-    for round_index in range(1, max(c['rounds'] for c in configs) + 1):
-      dagger_files(args.dagger_dir, round_index)
+    rounds = load_rounds(args.dagger_dir, max(c['rounds'] for c in configs))
   except ValueError as e:
     parser.error(str(e))
   env = envs.make_gymnasium_env(pen.ENV_NAME, seed=pen.EVAL_SEED_OFFSET)
   results = []
   for index, config in enumerate(configs):
-    result = run_config(config, demos, args, env)
+    result = run_config(config, demos, rounds, args, env)
     results.append(result)
     print(f'[{index + 1}/{len(configs)}] {config}: '
           f'{result["training_transitions"]} labelled states, success '
