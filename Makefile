@@ -84,10 +84,12 @@ bench-system: $(STAMP)
 toy: $(STAMP)
 	$(PY) experiments/toy_umaze.py --out out/toy_umaze
 
-# A larger pen-binary-v0 stand-in (more noisy BC rollouts) in out/, made with
-# the committed assets' demonstrator settings; reuses out/pen_standin's cache.
+# A larger pen-binary-v0 stand-in (2,000 noisy BC rollouts instead of the
+# committed 300) in out/, made with the committed assets' settings (about an
+# hour on 2 cores from scratch; planner and DAgger episodes are cached in
+# out/pen_standin, so a rerun resumes).
 .PHONY: pen-data
-PEN_DATA_ARGS ?= --num_demos 25 --dagger_rounds 2 --dagger_episodes 15 --num_bc_episodes 2000 --seed 0
+PEN_DATA_ARGS ?= --num_demos 100 --max_minutes 60 --num_workers 2 --dagger_rounds 5 --dagger_episodes 40 --dagger_beta 0.5 --dagger_labels policy_guided --bc_steps 10000 --final_bc_steps 30000 --final_bc_input_noise 0.1 --final_bc_seed 2 --gate 0.3 --num_bc_episodes 2000 --seed 0
 pen-data: $(STAMP)
 	$(PY) experiments/make_pen_demos.py --out out/pen-binary-v0 $(PEN_DATA_ARGS)
 

@@ -16,17 +16,26 @@ Pipeline:
      policy's rollout from that state), BC is refitted on demos + labels;
      after each fit BC is scored noise-free on --num_eval_episodes fresh
      targets (the gate);
-  3. only if the last BC passes the gate (--gate), noisy BC rollouts
-     (noise std cycled through --bc_noise_stds) are written.
+  3. optionally (--final_bc_steps) a final BC refit on the demos and every
+     round's labels, with its own steps, input noise and seed (settings that
+     `experiments/pen_bc_sweep.py` picks on held-out targets), scored on the
+     same fresh targets;
+  4. only if the last BC passes --gate, noisy BC rollouts (noise std cycled
+     through --bc_noise_stds) are written. meta.json also records whether
+     it meets issue #7's acceptance test (BC success >= 0.5).
 
   python experiments/make_pen_demos.py --out out/pen_try/final --num_demos 15 \
       --dagger_rounds 3 --dagger_episodes 10 --num_bc_episodes 400 --seed 0
 
-The committed assets (iql_acme/data/assets/pen-binary-v0) were made before
-the smoothing and DAgger options existed; the old demonstrator is
-  --noise_std 0.25 --num_threads 2 --noise_knot_every 1
-  --action_change_cost 0 --action_filter 0 --dagger_rounds 0 --gate 0
-  --bc_noise_stds 0.05,0.1,0.2 --num_demos 25 --num_bc_episodes 50
+The committed assets (iql_acme/data/assets/pen-binary-v0) were made by
+  --out iql_acme/data/assets/pen-binary-v0 --work_dir out/pen_a_work
+  --num_demos 100 --max_minutes 22 --num_workers 2 --dagger_rounds 5
+  --dagger_episodes 40 --dagger_beta 0.5 --dagger_labels policy_guided
+  --bc_steps 10000 --final_bc_steps 30000 --final_bc_input_noise 0.1
+  --final_bc_seed 2 --gate 0.3 --num_bc_episodes 300 --seed 0
+(about 55 min from scratch on 2 cores): their BC succeeds on 34% of the
+fresh targets, below the 0.5 acceptance test, so --gate is lowered to 0.3
+to write the rollouts anyway (see the folder's README.md).
 
 Writes `pen2_sparse.npy`, `pen_bc_sparse4.npy` (if the gate passes) and
 `meta.json` to --out, and per-episode CSVs plus a PNG of the demonstrator's
@@ -39,6 +48,7 @@ stopped; given --seed the output is deterministic, whatever --num_workers
 import argparse
 import csv
 import dataclasses
+import glob
 import hashlib
 import json
 import multiprocessing
@@ -66,6 +76,9 @@ META_FILE = 'meta.json'
 BC_SEED_OFFSET = 1_000_000   # BC rollouts use env seeds disjoint from demos'
 EVAL_SEED_OFFSET = 2_000_000  # fresh targets for the BC success gate
 DAGGER_SEED_OFFSET = 3_000_000
+# Issue #7's acceptance test of a learnable stand-in: BC alone succeeds on
+# at least half of 50 fresh targets. Recorded in meta.json whatever --gate is.
+ACCEPTANCE_SUCCESS_RATE = 0.5
 ANGLE_BIN_EDGES = (0, 60, 90, 120, 180)  # degrees, initial vs target pen axis
 
 # The demonstrator used for the committed data (chosen on a few episodes:
@@ -93,6 +106,15 @@ def parse_args(argv=None):
   parser.add_argument('--bc_noise_stds', default='0.1,0.2,0.3,0.5',
                       help='Gaussian action noise of BC rollouts, cycled')
   parser.add_argument('--bc_steps', type=int, default=bc.BCConfig.num_steps)
+  parser.add_argument('--final_bc_steps', type=int, default=None,
+                      help='refit the gated (and rolled-out) BC policy on '
+                      'all demos and labels with this many steps once the '
+                      'DAgger rounds end (default: keep the last round\'s '
+                      'fit); the DAgger rounds and their cache are unchanged')
+  parser.add_argument('--final_bc_input_noise', type=float, default=0.0,
+                      help='input noise std of that final refit')
+  parser.add_argument('--final_bc_seed', type=int, default=None,
+                      help='seed of that final refit (default --seed)')
   parser.add_argument('--dagger_rounds', type=int, default=2,
                       help='rounds in which the planner labels the states '
                       'the BC policy visits (0: BC on the demos alone)')
@@ -466,6 +488,42 @@ def dagger(args, env, demos, mppi_config, cost_config, bc_config, cache,
   return params, history
 
 
+def load_dagger_rounds(dagger_cache: str, rounds: int) -> list:
+  """[(observations, labels) per episode] of each cached round 1..rounds."""
+  loaded = []
+  for round_index in range(1, rounds + 1):
+    files = sorted(glob.glob(os.path.join(dagger_cache,
+                                          f'dagger_{round_index}_*.npz')))
+    if not files:
+      raise ValueError(f'no DAgger round {round_index} in {dagger_cache}; '
+                       'lower the rounds or point at a run with it')
+    loaded.append([(e['observations'][:-1], e['labels'])
+                   for e in map(load_npz, files)])
+  return loaded
+
+
+def final_refit(dagger_cache, demos, rounds: int, bc_config, seed: int, env,
+                eval_seeds):
+  """BC refitted on the demos and every cached DAgger round's labels, scored
+  on `eval_seeds`; the parameters go to `bc_params_final.npz`."""
+  pairs = [(e['observations'][:-1], e['actions']) for e in demos] + [
+      pair for episodes in load_dagger_rounds(dagger_cache, rounds)
+      for pair in episodes]
+  inputs = np.concatenate([obs for obs, _ in pairs])
+  targets = np.concatenate([label for _, label in pairs])
+  params = bc.fit_bc(inputs, targets, bc_config, seed=seed,
+                     log_fn=lambda _: None)
+  result = evaluate_policy(env, bc.bc_policy(params), eval_seeds)
+  result['training_transitions'] = int(len(targets))
+  np.savez(os.path.join(dagger_cache, 'bc_params_final.npz'), **params)
+  print(f'final BC refit ({len(targets)} labelled states, '
+        f'{bc_config.num_steps} steps, input noise {bc_config.input_noise}): '
+        f'success {result["success_rate"]:.2f} +- '
+        f'{result["standard_error"]:.2f} over {result["episodes"]} fresh '
+        'episodes')
+  return params, result
+
+
 def rollout_bc(env, policy, num_episodes: int, noise_stds, seed: int):
   """Noisy BC rollouts: (paths, per-episode rows for the CSV, actions)."""
   rng = np.random.default_rng(seed)
@@ -588,6 +646,15 @@ def main(argv=None):
   os.makedirs(dagger_cache, exist_ok=True)
   params, history = dagger(args, env, demos, mppi_config, cost_config,
                            bc_config, dagger_cache, eval_seeds)
+  final_bc = None
+  if args.final_bc_steps:
+    final_bc = dataclasses.replace(bc_config, num_steps=args.final_bc_steps,
+                                   input_noise=args.final_bc_input_noise)
+    params, result = final_refit(
+        dagger_cache, demos, args.dagger_rounds, final_bc,
+        args.seed if args.final_bc_seed is None else args.final_bc_seed,
+        env, eval_seeds)
+    history.append(result)
   dagger_seconds = time.time() - dagger_start
   gate_passed = history[-1]['success_rate'] >= args.gate
 
@@ -648,8 +715,16 @@ def main(argv=None):
           'dagger_episodes_per_round': args.dagger_episodes,
           'dagger_beta': args.dagger_beta,
           'dagger_labels': args.dagger_labels,
-          'after_each_dagger_round': history[1:],
-          'passed': bool(gate_passed)},
+          'after_each_dagger_round': history[1:1 + args.dagger_rounds],
+          'final_refit': ({'bc': dataclasses.asdict(final_bc),
+                           'seed': (args.seed if args.final_bc_seed is None
+                                    else args.final_bc_seed),
+                           **history[-1]} if final_bc else None),
+          'passed': bool(gate_passed),
+          'meets_acceptance': bool(history[-1]['success_rate'] >=
+                                   ACCEPTANCE_SUCCESS_RATE),
+          'acceptance_rule': f'BC success >= {ACCEPTANCE_SUCCESS_RATE} over '
+                             '50 fresh targets (issue #7)'},
       'num_bc_episodes': len(bc_paths),
       'bc_transitions': int(sum(len(p['actions']) for p in bc_paths)),
       'bc_noise_stds': noise_stds,

@@ -78,20 +78,6 @@ def load_demos(planner_dir: str, num_demos: int, seed: int):
           [e['actions'] for e in demos])
 
 
-def load_rounds(dagger_dir: str, rounds: int) -> list:
-  """[(observations, labels) per episode] of each DAgger round 1..rounds."""
-  loaded = []
-  for round_index in range(1, rounds + 1):
-    files = sorted(glob.glob(os.path.join(dagger_dir,
-                                          f'dagger_{round_index}_*.npz')))
-    if not files:
-      raise ValueError(f'no DAgger round {round_index} in {dagger_dir}; '
-                       'lower rounds= or point --dagger_dir at a run with it')
-    loaded.append([(e['observations'][:-1], e['labels'])
-                   for e in map(pen.load_npz, files)])
-  return loaded
-
-
 def run_config(config: dict, demos, rounds: list, args, env) -> dict:
   labelled = [pair for episodes in rounds[:config['rounds']]
               for pair in episodes]
@@ -131,7 +117,8 @@ def main(argv=None):
   try:
     configs = parse_configs(args.configs)
     demos = load_demos(args.planner_dir, args.num_demos, args.seed)
-    rounds = load_rounds(args.dagger_dir, max(c['rounds'] for c in configs))
+    rounds = pen.load_dagger_rounds(args.dagger_dir,
+                                    max(c['rounds'] for c in configs))
   except ValueError as e:
     parser.error(str(e))
   env = envs.make_gymnasium_env(pen.ENV_NAME, seed=pen.EVAL_SEED_OFFSET)

@@ -442,7 +442,7 @@ def _pen_bc_sweep_cache(tmp_path):
       env, 50, lambda obs: np.zeros(PEN_ACT_DIM))
   make_pen_demos.save_npz_atomically(
       str(dagger_dir / 'dagger_1_0000.npz'),
-      observations=labelled['observations'],
+      observations=labelled['observations'], actions=labelled['actions'],
       labels=rng.uniform(-1, 1, labelled['actions'].shape))
   return pen_bc_sweep, str(planner_dir), str(dagger_dir), (
       lengths[0] + lengths[2], len(labelled['actions']))
@@ -484,3 +484,72 @@ def test_pen_bc_sweep_bad_input_is_one_clear_error(tmp_path, capsys, configs,
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err
   assert not os.path.exists(tmp_path / 'x.json')
+
+
+def test_final_refit_fits_demos_and_every_labelled_round(tmp_path):
+  _, planner_dir, dagger_dir, (demo_steps, label_steps) = (
+      _pen_bc_sweep_cache(tmp_path))
+  demos = [make_pen_demos.load_npz(os.path.join(planner_dir, name))
+           for name in ('episode_0_0000.npz', 'episode_0_0002.npz')]
+  env = envs.make_gymnasium_env(PEN, seed=0)
+  config = bc.BCConfig(hidden_sizes=(16,), num_steps=20, batch_size=32,
+                       input_noise=0.1)
+  params, result = make_pen_demos.final_refit(
+      dagger_dir, demos, 1, config, 3, env, eval_seeds=[100, 101, 102])
+  assert result['training_transitions'] == demo_steps + label_steps
+  assert result['episodes'] == 3
+  saved = np.load(os.path.join(dagger_dir, 'bc_params_final.npz'))
+  for name in params:
+    np.testing.assert_array_equal(saved[name], params[name])
+  again, _ = make_pen_demos.final_refit(
+      dagger_dir, demos, 1, config, 3, env, eval_seeds=[100])
+  for name in params:  # deterministic given the seed
+    np.testing.assert_array_equal(again[name], params[name])
+  with pytest.raises(ValueError, match='no DAgger round 2'):
+    make_pen_demos.final_refit(dagger_dir, demos, 2, config, 3, env, [100])
+
+
+def test_unfiltered_labels_undo_the_executed_action_filter():
+  import pen_bc_probes  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  plan_firsts = rng.uniform(-1, 1, (6, PEN_ACT_DIM))
+  executed, previous = [], None
+  for plan_first in plan_firsts:  # as MPPIPlanner.act filters them
+    previous = plan_first if previous is None else (
+        0.2 * previous + 0.8 * plan_first)
+    executed.append(previous)
+  executed = np.array(executed)
+  np.testing.assert_allclose(
+      pen_bc_probes.unfiltered_labels(executed, executed, 0.2), plan_firsts,
+      atol=1e-12)
+
+
+def test_pen_bc_probes_on_a_tiny_cache(tmp_path, capsys):
+  import pen_bc_probes  # pylint: disable=g-import-not-at-top
+  _, planner_dir, dagger_dir, _ = _pen_bc_sweep_cache(tmp_path)
+  common = ['--planner_dir', planner_dir, '--dagger_dir', dagger_dir,
+            '--num_demos', '2', '--rounds', '1', '--num_eval_episodes', '2',
+            '--bc_steps', '20']
+  with pytest.raises(SystemExit, match='no BC parameters'):
+    pen_bc_probes.main(['anatomy', *common, '--out', str(tmp_path / 'a')])
+  demos = [make_pen_demos.load_npz(os.path.join(planner_dir, name))
+           for name in ('episode_0_0000.npz', 'episode_0_0002.npz')]
+  make_pen_demos.final_refit(
+      dagger_dir, demos, 1, bc.BCConfig(hidden_sizes=(16,), num_steps=20),
+      0, envs.make_gymnasium_env(PEN, seed=0), eval_seeds=[100])
+  out = tmp_path / 'anatomy.json'
+  pen_bc_probes.main(['anatomy', *common, '--out', str(out)])
+  results = json.load(open(out))['results']
+  assert len(results['episodes']) == 2
+  assert sum(b['episodes'] for b in results['by_angle']) == 2
+  for probe, count in (('ensemble', 3), ('prev_action', 2),
+                       ('unfiltered', 2)):
+    out = tmp_path / f'{probe}.json'
+    pen_bc_probes.main([probe, *common, '--bc_seeds', '0,1', '--out',
+                        str(out)])
+    results = json.load(open(out))['results']
+    assert len(results) == count
+    assert all(r['episodes'] == 2 for r in results)
+  with pytest.raises(SystemExit, match='fewer than --num_demos 3'):
+    pen_bc_probes.main(['anatomy', *common[:4], '--num_demos', '3',
+                        '--out', str(tmp_path / 'b')])
