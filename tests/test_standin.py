@@ -553,3 +553,14 @@ def test_pen_bc_probes_on_a_tiny_cache(tmp_path, capsys):
   with pytest.raises(SystemExit, match='fewer than --num_demos 3'):
     pen_bc_probes.main(['anatomy', *common[:4], '--num_demos', '3',
                         '--out', str(tmp_path / 'b')])
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--final_bc_steps', '0'], '--final_bc_steps must be at least 1'),
+    (['--final_bc_input_noise', '-0.1'], '--final_bc_input_noise must be'),
+])
+def test_make_pen_demos_rejects_bad_final_refit_flags(capsys, flags, message):
+  with pytest.raises(SystemExit) as exit_info:
+    make_pen_demos.parse_args(['--out', 'x', *flags])
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
