@@ -564,3 +564,13 @@ def test_make_pen_demos_rejects_bad_final_refit_flags(capsys, flags, message):
     make_pen_demos.parse_args(['--out', 'x', *flags])
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err
+
+
+def test_pen_bc_probes_missing_round_is_one_clear_error(tmp_path):
+  import pen_bc_probes  # pylint: disable=g-import-not-at-top
+  _, planner_dir, dagger_dir, _ = _pen_bc_sweep_cache(tmp_path)
+  with pytest.raises(SystemExit, match='no DAgger round 2'):
+    pen_bc_probes.main(['anatomy', '--planner_dir', planner_dir,
+                        '--dagger_dir', dagger_dir, '--num_demos', '2',
+                        '--rounds', '2', '--out', str(tmp_path / 'x.json')])
+  assert not os.path.exists(tmp_path / 'x.json')
