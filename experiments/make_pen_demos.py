@@ -497,7 +497,8 @@ def dagger(args, env, demos, mppi_config, cost_config, bc_config, cache,
 
 
 def load_dagger_rounds(dagger_cache: str, rounds: int) -> list:
-  """[(observations, labels) per episode] of each cached round 1..rounds."""
+  """[(observations, executed actions, labels) per episode] of each cached
+  round 1..rounds."""
   loaded = []
   for round_index in range(1, rounds + 1):
     files = sorted(glob.glob(os.path.join(dagger_cache,
@@ -505,7 +506,7 @@ def load_dagger_rounds(dagger_cache: str, rounds: int) -> list:
     if not files:
       raise ValueError(f'no DAgger round {round_index} in {dagger_cache}; '
                        'lower the rounds or point at a run with it')
-    loaded.append([(e['observations'][:-1], e['labels'])
+    loaded.append([(e['observations'][:-1], e['actions'], e['labels'])
                    for e in map(load_npz, files)])
   return loaded
 
@@ -515,8 +516,8 @@ def final_refit(dagger_cache, demos, rounds: int, bc_config, seed: int, env,
   """BC refitted on the demos and every cached DAgger round's labels, scored
   on `eval_seeds`; the parameters go to `bc_params_final.npz`."""
   pairs = [(e['observations'][:-1], e['actions']) for e in demos] + [
-      pair for episodes in load_dagger_rounds(dagger_cache, rounds)
-      for pair in episodes]
+      (obs, label) for episodes in load_dagger_rounds(dagger_cache, rounds)
+      for obs, _, label in episodes]
   inputs = np.concatenate([obs for obs, _ in pairs])
   targets = np.concatenate([label for _, label in pairs])
   params = bc.fit_bc(inputs, targets, bc_config, seed=seed,

@@ -27,7 +27,6 @@ Prints one line per result and writes them to --out (JSON).
 
 import argparse
 import dataclasses
-import glob
 import json
 import os
 import sys
@@ -91,15 +90,8 @@ def training_episodes(args):
   demo_observations, demo_actions = pen_bc_sweep.load_demos(
       args.planner_dir, args.num_demos, args.seed)
   episodes = list(zip(demo_observations, demo_actions, demo_actions))
-  for round_index in range(1, args.rounds + 1):
-    files = sorted(glob.glob(os.path.join(args.dagger_dir,
-                                          f'dagger_{round_index}_*.npz')))
-    if not files:
-      raise ValueError(f'no DAgger round {round_index} in {args.dagger_dir}; '
-                       'lower --rounds or point at a run with it')
-    for file in files:
-      e = pen.load_npz(file)
-      episodes.append((e['observations'][:-1], e['actions'], e['labels']))
+  for round_episodes in pen.load_dagger_rounds(args.dagger_dir, args.rounds):
+    episodes.extend(round_episodes)
   return episodes
 
 

@@ -81,8 +81,8 @@ def load_demos(planner_dir: str, num_demos: int, seed: int):
 def run_config(config: dict, demos, rounds: list, args, env) -> dict:
   labelled = [pair for episodes in rounds[:config['rounds']]
               for pair in episodes]
-  inputs = np.concatenate(demos[0] + [obs for obs, _ in labelled])
-  targets = np.concatenate(demos[1] + [label for _, label in labelled])
+  inputs = np.concatenate(demos[0] + [obs for obs, _, _ in labelled])
+  targets = np.concatenate(demos[1] + [label for _, _, label in labelled])
   bc_config = dataclasses.replace(bc.BCConfig(), **{
       KEYS[k][0]: v for k, v in config.items() if KEYS[k][0]})
   start = time.time()
