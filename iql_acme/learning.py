@@ -158,6 +158,7 @@ class IQLLearner(acme.Learner):
     # by transitions (updates_per_env_step each) and not yet done.
     self._online = None
     self._num_online, self._position, self._owed = 0, 0, 0.0
+    self._rows_taken = 0  # Every row taken, also those the ring dropped.
     self._timestamp = None
     # The jitted updates donate the old state's buffers; the lock keeps
     # readers on other threads (courier's get_variables, checkpointing) from
@@ -323,6 +324,7 @@ class IQLLearner(acme.Learner):
           np.int32(num_updates))
       self._position = (self._position + num_new) % capacity
       self._num_online = num_online
+      self._rows_taken += num_new
       self._owed -= num_updates
       self._steps += num_updates
     return num_updates, metrics
@@ -343,14 +345,22 @@ class IQLLearner(acme.Learner):
                            for x in jax.device_get(self._online)])
 
   def restore_online_transitions(self, rows: Transitions,
-                                 owed_updates: float = 0.0):
-    """Puts back what `online_transitions` returned (a resumed run)."""
+                                 owed_updates: float = 0.0,
+                                 rows_taken: Optional[int] = None):
+    """Puts back what `online_transitions`, `owed_updates` and `rows_taken`
+    returned (a resumed run)."""
     with self._lock:
       capacity = self._initial_capacity()
       while capacity < rows.size and capacity < self._config.max_replay_size:
         capacity = min(2 * capacity, self._config.max_replay_size)
       self._set_online_rows(rows, capacity)
       self._owed = float(owed_updates)
+      self._rows_taken = rows.size if rows_taken is None else int(rows_taken)
+
+  @property
+  def rows_taken(self) -> int:
+    """Replay rows taken from the queue so far (env steps learned from)."""
+    return self._rows_taken
 
   @property
   def owed_updates(self) -> float:

@@ -40,7 +40,7 @@ from iql_acme import envs
 from iql_acme import evaluation
 from iql_acme import logs
 from iql_acme import networks as networks_lib
-from iql_acme.builder import IQLBuilder, OfflineDatasetFn
+from iql_acme.builder import IQLBuilder, OfflineDatasetFn, queue_table_name
 from iql_acme.config import IQLConfig
 from iql_acme.types import Transitions
 
@@ -57,6 +57,8 @@ RESUME_REPLAY_WAIT_S = 120  # The counter waits this long for replay to load.
 SUMMARY_FILE = 'summary.json'
 FAILURE_FILE = 'FAILED'
 STATE_FILE = 'state.json'    # Names the checkpoint: learner, replay, counts.
+ROWS_TAKEN_KEY = 'online_rows_taken'  # In state.json: the learner's rows.
+NOT_LEARNED_KEY = 'replay_rows_not_learned'  # A count: see make_counter.
 LEGACY_LEARNER_DIR = 'learner'
 REPLAY_CHECKPOINT_DIR = 'replay'
 ONLINE_FILE = 'online_transitions.npz'  # In the learner's checkpoint folder.
@@ -171,6 +173,18 @@ def load_state(workdir: str) -> dict:
     return json.load(f)
 
 
+def load_checkpoint_policy(workdir: str) -> Tuple[object, int]:
+  """(policy parameters, learner step) of the run's last checkpoint."""
+  state = load_state(workdir)
+  path = os.path.join(checkpoint_dir(workdir), state.get('learner', ''))
+  if not state or not os.path.exists(os.path.join(path, 'array_nest')):
+    raise ValueError(f'{workdir} holds no learner checkpoint '
+                     f'({checkpoint_dir(workdir)}/{STATE_FILE}); pass the '
+                     '--workdir of a run_finetune.py run')
+  training_state = savers.restore_from_path(path)
+  return training_state.policy_params, int(training_state.steps)
+
+
 def load_counts(workdir: str) -> dict:
   return load_state(workdir).get('counts', {})
 
@@ -185,9 +199,12 @@ def prune_checkpoints(workdir: str, state: dict):
   """Keeps only what `state` names (a crash may leave a newer partial one).
 
   Reverb loads the newest checkpoint under its root, so the root must hold
-  exactly the one consistent with the learner's and the counts.
+  exactly the one consistent with the learner's and the counts. The replay
+  checkpoint is matched by its folder name, not by the absolute path Reverb
+  recorded: a workdir that was moved or copied keeps its replay.
   """
   keep = {state.get('learner'), LEGACY_LEARNER_DIR if not state else None}
+  keep_replay = os.path.basename(os.path.normpath(state.get('replay') or ''))
   root = checkpoint_dir(workdir)
   if os.path.isdir(root):
     for name in os.listdir(root):
@@ -196,9 +213,8 @@ def prune_checkpoints(workdir: str, state: dict):
   replay_root = replay_checkpoint_root(workdir)
   if os.path.isdir(replay_root):
     for name in os.listdir(replay_root):
-      path = os.path.join(replay_root, name)
-      if path != state.get('replay'):
-        shutil.rmtree(path, ignore_errors=True)
+      if name != keep_replay:
+        shutil.rmtree(os.path.join(replay_root, name), ignore_errors=True)
 
 
 def replay_size(replay: reverb.Client, table: str,
@@ -253,17 +269,31 @@ class StepBudgetCounter(counting.Counter):
 
 
 def make_counter(workdir: str, online_steps: int, replay: reverb.Client,
-                 table: str) -> StepBudgetCounter:
+                 table: str, queue_table: str) -> StepBudgetCounter:
   """The central counter, resumed from the last checkpoint.
 
-  The environment steps done are the transitions the checkpointed replay
-  holds (restored by Reverb before it serves), so nothing is counted that
-  was lost after the checkpoint and nothing in replay goes uncounted.
+  The environment steps done are the transitions the learner had taken at
+  the checkpoint plus those in the checkpointed queue (restored by Reverb
+  before it serves): each is learned from once, so the pacing stays 1:1.
+  An actor's insert writes the replay table and the queue separately; when
+  the queue is full, up to a few in-flight transitions per actor are in
+  the replay table and not yet in the queue. Those never reach the learner,
+  so they are not counted (actors redo that many steps) and are reported
+  as `replay_rows_not_learned`.
   """
   state = load_state(workdir)
   counts = dict(state.get('counts', {}))
   if state.get('replay'):
-    counts['actor_steps'] = replay_size(replay, table, RESUME_REPLAY_WAIT_S)
+    in_replay = replay_size(replay, table, RESUME_REPLAY_WAIT_S)
+    if ROWS_TAKEN_KEY in state:
+      done = state[ROWS_TAKEN_KEY] + replay_size(replay, queue_table)
+      counts[NOT_LEARNED_KEY] = max(in_replay - done, 0)
+      logging.info('resumed at %d env steps (%d taken by the learner, the '
+                   'rest queued); %d replay rows never reached the queue',
+                   done, state[ROWS_TAKEN_KEY], counts[NOT_LEARNED_KEY])
+    else:  # A checkpoint from before ROWS_TAKEN_KEY was recorded.
+      done = in_replay
+    counts['actor_steps'] = done
   return StepBudgetCounter(online_steps, counts)
 
 
@@ -288,7 +318,8 @@ class LearnerNode:
       self._learner.restore(savers.restore_from_path(path))
       if os.path.exists(os.path.join(path, ONLINE_FILE)):
         rows, owed = load_online_transitions(os.path.join(path, ONLINE_FILE))
-        self._learner.restore_online_transitions(rows, owed)
+        self._learner.restore_online_transitions(rows, owed,
+                                                 state.get(ROWS_TAKEN_KEY))
       logging.info('resumed learner from %s at step %d', path,
                    self._learner.steps)
     self._offline_policy = (None if self._learner.in_offline_phase else
@@ -328,7 +359,8 @@ class LearnerNode:
       # The learner may step between the two reads; its state is the truth.
       counts['learner_steps'] = int(state.steps)
       record = {'learner': learner_dir, 'replay': replay_path,
-                'learner_steps': int(state.steps), 'counts': counts,
+                'learner_steps': int(state.steps),
+                ROWS_TAKEN_KEY: self._learner.rows_taken, 'counts': counts,
                 'wall_time_s': time.time() - self._start}
       _write_json_atomically(os.path.join(root, STATE_FILE), record)
       prune_checkpoints(self._run.workdir, record)
@@ -598,6 +630,8 @@ class EvaluatorNode:
         'actor_steps': actor_steps,
         'update_to_env_step_ratio': online_updates / max(actor_steps, 1),
         'replay_size': self._replay_size(),
+        NOT_LEARNED_KEY: int(self._counter.get_counts().get(NOT_LEARNED_KEY,
+                                                            0)),
         'final_eval': final,
         'wall_time_s': time.time() - self._start,
     }
@@ -660,7 +694,7 @@ def make_program(config: IQLConfig, offline_dataset_fn: OfflineDatasetFn,
   with program.group('counter'):
     counter = program.add_node(lp.CourierNode(
         make_counter, run.workdir, builder.config.online_steps, replay,
-        builder.config.replay_table_name))
+        builder.config.replay_table_name, queue_table_name(builder.config)))
   with program.group('learner'):
     learner = program.add_node(lp.CourierNode(
         LearnerNode, builder, run, environment_spec, learner_key, replay,

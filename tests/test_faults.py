@@ -29,6 +29,7 @@ RUN_TIMEOUT_S = 300
 FAILURE_EXIT_BOUND_S = 60      # A vital node's death ends the run this fast.
 STOP_EXIT_BOUND_S = 30         # And a stop signal.
 ACTOR_CLAIM_STEPS = 50         # iql_acme.program.ACTOR_CLAIM_STEPS
+MAX_IN_FLIGHT_ITEMS = 5        # iql_acme.builder.MAX_IN_FLIGHT_ITEMS
 ONLINE_LINE = re.compile(r'online: (\d+)/\d+ env steps')
 PIDS_LINE = re.compile(r'node pids: (.*)')
 RESUME_LINE = 'resume with the same --workdir'
@@ -188,13 +189,19 @@ def test_faults_then_resumes_lose_nothing(pen_random_npz, workdir):
       'resume with the same --workdir']
   third.assert_no_process_left()
 
-  # Resume again: the run finishes and replay holds every step, once.
+  # Resume again: the run finishes; the learner made exactly one update per
+  # env step counted, and replay holds every step counted, once, plus the
+  # in-flight steps that reached replay but never the learner's queue
+  # (reported, and redone: see program.make_counter).
   last = Run(workdir, pen_random_npz)
   code, _ = last.finish()
   assert code == 0, last.output()[-3000:]
   summary = read_json(workdir, 'summary.json')
-  assert summary['actor_steps'] == ONLINE_STEPS
-  assert summary['replay_size'] == ONLINE_STEPS
+  assert summary['actor_steps'] == summary['online_updates'] == ONLINE_STEPS
+  not_learned = summary['replay_rows_not_learned']
+  assert summary['replay_size'] == ONLINE_STEPS + not_learned
+  # At most MAX_IN_FLIGHT_ITEMS + 1 per actor per stop (three stops here).
+  assert 0 <= not_learned <= 3 * NUM_ACTORS * (MAX_IN_FLIGHT_ITEMS + 1)
   counts = read_json(workdir, 'checkpoints', 'state.json')['counts']
   assert counts['actor_steps'] == ONLINE_STEPS
   assert counts['learner_steps'] == summary['learner_steps']
@@ -210,6 +217,32 @@ def test_faults_then_resumes_lose_nothing(pen_random_npz, workdir):
   code, seconds = again.finish()
   assert code == 0 and 'finished:' in again.output()
   assert os.path.getmtime(os.path.join(workdir, 'summary.json')) == mtime
+
+
+def test_a_moved_workdir_resumes_with_its_replay(pen_random_npz, workdir):
+  first = Run(workdir, pen_random_npz)
+  first.wait_online_steps(FAULT_AT_STEPS)
+  first.process.send_signal(signal.SIGINT)
+  code, _ = first.finish()
+  assert code == 130, first.output()[-3000:]
+  first.assert_no_process_left()
+  done = read_json(workdir, 'checkpoints', 'state.json')['counts']
+  assert done['actor_steps'] >= FAULT_AT_STEPS
+  # state.json names the replay checkpoint by Reverb's absolute path, which
+  # is stale once the folder moves (or is copied to another machine).
+  moved = workdir + '_moved'
+  os.rename(workdir, moved)
+  last = Run(moved, pen_random_npz)
+  code, _ = last.finish()
+  assert code == 0, last.output()[-3000:]
+  summary = read_json(moved, 'summary.json')
+  # The steps done before the move were kept, not done again (the replay
+  # checkpoint was pruned as stale before: every step was redone and the
+  # learner made 1.6 updates per env step).
+  assert summary['actor_steps'] == summary['online_updates'] == ONLINE_STEPS
+  assert (summary['replay_size'] ==
+          ONLINE_STEPS + summary['replay_rows_not_learned'])
+  last.assert_no_process_left()
 
 
 @pytest.mark.parametrize('flag, message', [

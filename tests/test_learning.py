@@ -201,14 +201,17 @@ def test_online_buffer_grows_then_keeps_the_newest(monkeypatch):
     learner.step()
     sizes.append(learner._online.rewards.shape[0])  # pylint: disable=protected-access
   assert sizes == [4, 8, 10, 10, 10] and learner.steps == 14
+  assert learner.rows_taken == 14  # Also the 4 the ring dropped.
   held = learner.online_transitions()  # The newest 10, oldest first.
   np.testing.assert_array_equal(held.observations, data.observations[4:])
   np.testing.assert_array_equal(held.rewards, data.rewards[4:])
   other, _ = _learner(config, _batch(size=100),
                       replay_iterator=_reader(rows[:2]))
-  other.restore_online_transitions(held, owed_updates=0.0)
-  assert other.num_online == 10
+  other.restore_online_transitions(held, owed_updates=0.0,
+                                   rows_taken=learner.rows_taken)
+  assert other.num_online == 10 and other.rows_taken == 14
   other.step()  # Two more: the two oldest go.
+  assert other.rows_taken == 16
   again = other.online_transitions()
   np.testing.assert_array_equal(again.observations[:8],
                                 data.observations[6:])
