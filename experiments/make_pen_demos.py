@@ -556,6 +556,28 @@ def rollout_bc(env, policy, num_episodes: int, noise_stds, seed: int):
   return paths, rows, action_sequences
 
 
+def rollout_meta(out: str, bc_paths, bc_rows, bc_actions, noise_stds) -> dict:
+  """meta.json's entries on the noisy BC rollouts, and the files' sizes."""
+  return {
+      'num_bc_episodes': len(bc_paths),
+      'bc_transitions': int(sum(len(p['actions']) for p in bc_paths)),
+      'bc_noise_stds': noise_stds,
+      'bc_rollout_success_rate': (
+          float(np.mean([r['success'] for r in bc_rows])) if bc_rows
+          else None),
+      'bc_rollout_success_by_noise': {
+          str(s): float(np.mean([r['success'] for r in bc_rows
+                                 if r['noise_std'] == s]))
+          for s in noise_stds if any(r['noise_std'] == s for r in bc_rows)},
+      'bc_rollout_smoothness': (action_smoothness(bc_actions) if bc_actions
+                                else None),
+      'file_megabytes': {
+          name: os.path.getsize(os.path.join(out, name)) / 2**20
+          for name in (DEMO_FILE, BC_FILE)
+          if os.path.exists(os.path.join(out, name))},
+  }
+
+
 def by_angle(angles, successes):
   """[(bin label, episodes, success rate)] over ANGLE_BIN_EDGES."""
   angles, successes = np.asarray(angles), np.asarray(successes, float)
@@ -684,9 +706,6 @@ def main(argv=None):
   plot_file = os.path.join(args.work_dir, 'demonstrator_by_angle.png')
   plot_by_angle(plot_file, planner_rows, bc_rows)
   success = [r['success'] for r in planner_rows]
-  sizes = {name: os.path.getsize(os.path.join(args.out, name)) / 2**20
-           for name in (DEMO_FILE, BC_FILE)
-           if os.path.exists(os.path.join(args.out, name))}
   meta = {
       'what': 'GENERATED stand-in for AWAC pen-binary-v0 data; not the '
               'published pen2_sparse.npy / pen_bc_sparse4.npy',
@@ -735,19 +754,7 @@ def main(argv=None):
           'acceptance_rule': f'BC success >= {ACCEPTANCE_SUCCESS_RATE} over '
                              f'{args.num_eval_episodes} fresh targets '
                              '(issue #7 asks for 50)'},
-      'num_bc_episodes': len(bc_paths),
-      'bc_transitions': int(sum(len(p['actions']) for p in bc_paths)),
-      'bc_noise_stds': noise_stds,
-      'bc_rollout_success_rate': (
-          float(np.mean([r['success'] for r in bc_rows])) if bc_rows
-          else None),
-      'bc_rollout_success_by_noise': {
-          str(s): float(np.mean([r['success'] for r in bc_rows
-                                 if r['noise_std'] == s]))
-          for s in noise_stds if any(r['noise_std'] == s for r in bc_rows)},
-      'bc_rollout_smoothness': (action_smoothness(bc_actions) if bc_actions
-                                else None),
-      'file_megabytes': sizes,
+      **rollout_meta(args.out, bc_paths, bc_rows, bc_actions, noise_stds),
       # Planner time summed over episodes (cached ones included) and this
       # run's wall times (a resumed run skips cached episodes).
       'planner_seconds_total': float(sum(r['wall_seconds']

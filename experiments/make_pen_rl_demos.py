@@ -284,23 +284,8 @@ def main(argv=None):
           'acceptance_rule': f'BC success >= {pen.ACCEPTANCE_SUCCESS_RATE} '
                              f'over {args.num_eval_episodes} fresh targets '
                              '(issue #7 asks for 50)'},
-      'num_bc_episodes': len(bc_paths),
-      'bc_transitions': int(sum(len(p['actions']) for p in bc_paths)),
-      'bc_noise_stds': args.bc_noise_stds,
-      'bc_rollout_success_rate': (
-          float(np.mean([r['success'] for r in bc_rows])) if bc_rows
-          else None),
-      'bc_rollout_success_by_noise': {
-          str(s): float(np.mean([r['success'] for r in bc_rows
-                                 if r['noise_std'] == s]))
-          for s in args.bc_noise_stds
-          if any(r['noise_std'] == s for r in bc_rows)},
-      'bc_rollout_smoothness': (pen.action_smoothness(bc_actions)
-                                if bc_actions else None),
-      'file_megabytes': {
-          name: os.path.getsize(os.path.join(args.out, name)) / 2**20
-          for name in (pen.DEMO_FILE, pen.BC_FILE)
-          if os.path.exists(os.path.join(args.out, name))},
+      **pen.rollout_meta(args.out, bc_paths, bc_rows, bc_actions,
+                         args.bc_noise_stds),
       'wall_seconds': round(time.time() - start, 1),
   }
   with open(os.path.join(args.out, pen.META_FILE), 'w') as f:

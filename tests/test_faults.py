@@ -150,9 +150,9 @@ def test_killed_actor_hands_its_steps_to_the_other(pen_random_npz, workdir):
   run.assert_no_process_left()
 
 
-def test_faults_then_resumes_lose_nothing(pen_random_npz, workdir):
-  # Ctrl-C: a checkpoint, every node stopped, exit 130.
-  first = Run(workdir, pen_random_npz)
+def interrupt_mid_run(workdir, dataset):
+  """Ctrl-C once online: a checkpoint, every node stopped, exit 130."""
+  first = Run(workdir, dataset)
   first.wait_online_steps(FAULT_AT_STEPS)
   first.process.send_signal(signal.SIGINT)
   code, seconds = first.finish()
@@ -160,7 +160,11 @@ def test_faults_then_resumes_lose_nothing(pen_random_npz, workdir):
   assert seconds <= STOP_EXIT_BOUND_S
   assert RESUME_LINE in first.output()
   first.assert_no_process_left()
-  state = read_json(workdir, 'checkpoints', 'state.json')
+  return read_json(workdir, 'checkpoints', 'state.json')
+
+
+def test_faults_then_resumes_lose_nothing(pen_random_npz, workdir):
+  state = interrupt_mid_run(workdir, pen_random_npz)
   assert state['learner_steps'] > OFFLINE_STEPS  # Taken in the online phase.
 
   # Resume, then kill the learner: exit 1 with one line naming it.
@@ -220,13 +224,7 @@ def test_faults_then_resumes_lose_nothing(pen_random_npz, workdir):
 
 
 def test_a_moved_workdir_resumes_with_its_replay(pen_random_npz, workdir):
-  first = Run(workdir, pen_random_npz)
-  first.wait_online_steps(FAULT_AT_STEPS)
-  first.process.send_signal(signal.SIGINT)
-  code, _ = first.finish()
-  assert code == 130, first.output()[-3000:]
-  first.assert_no_process_left()
-  done = read_json(workdir, 'checkpoints', 'state.json')['counts']
+  done = interrupt_mid_run(workdir, pen_random_npz)['counts']
   assert done['actor_steps'] >= FAULT_AT_STEPS
   # state.json names the replay checkpoint by Reverb's absolute path, which
   # is stale once the folder moves (or is copied to another machine).
