@@ -12,7 +12,8 @@ chunks from the counter, so when one dies its unfinished claim goes back to
 the budget and the others take it. A checkpoint (learner state, counts, and
 the Reverb replay through Reverb's own checkpointer) is written every
 `checkpoint_every_s` and on request; `checkpoints/state.json` names the
-consistent set, and on resume the steps done are the transitions in replay.
+consistent set, and on resume the steps done are the transitions the learner
+took plus those in its queue (see `make_counter`).
 """
 
 import dataclasses
