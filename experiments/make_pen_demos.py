@@ -578,6 +578,20 @@ def rollout_meta(out: str, bc_paths, bc_rows, bc_actions, noise_stds) -> dict:
   }
 
 
+def meta_header(script: str, argv, seed: int) -> dict:
+  """meta.json's opening entries: what the data are, the command, seeds."""
+  return {
+      'what': 'GENERATED stand-in for AWAC pen-binary-v0 data; not the '
+              'published pen2_sparse.npy / pen_bc_sparse4.npy',
+      'command': f'python experiments/{script} ' + ' '.join(
+          sys.argv[1:] if argv is None else argv),
+      'seed': seed,
+      'env_seeds': {'demos': f'{seed} + i',
+                    'bc_rollouts': f'{seed + BC_SEED_OFFSET} + j',
+                    'bc_gate': f'{seed + EVAL_SEED_OFFSET} + j'},
+  }
+
+
 def by_angle(angles, successes):
   """[(bin label, episodes, success rate)] over ANGLE_BIN_EDGES."""
   angles, successes = np.asarray(angles), np.asarray(successes, float)
@@ -706,17 +720,11 @@ def main(argv=None):
   plot_file = os.path.join(args.work_dir, 'demonstrator_by_angle.png')
   plot_by_angle(plot_file, planner_rows, bc_rows)
   success = [r['success'] for r in planner_rows]
+  header = meta_header('make_pen_demos.py', argv, args.seed)
+  header['env_seeds']['dagger_round_r'] = (
+      f'{args.seed + DAGGER_SEED_OFFSET} + 1000 r + j')
   meta = {
-      'what': 'GENERATED stand-in for AWAC pen-binary-v0 data; not the '
-              'published pen2_sparse.npy / pen_bc_sparse4.npy',
-      'command': 'python experiments/make_pen_demos.py ' + ' '.join(
-          sys.argv[1:] if argv is None else argv),
-      'seed': args.seed,
-      'env_seeds': {'demos': f'{args.seed} + i',
-                    'bc_rollouts': f'{args.seed + BC_SEED_OFFSET} + j',
-                    'bc_gate': f'{args.seed + EVAL_SEED_OFFSET} + j',
-                    'dagger_round_r': f'{args.seed + DAGGER_SEED_OFFSET} + '
-                                      '1000 r + j'},
+      **header,
       'mppi': dataclasses.asdict(mppi_config),
       'cost': dataclasses.asdict(cost_config),
       'planner_episodes': len(planner_rows),

@@ -245,14 +245,7 @@ def main(argv=None):
 
   demo_success = [r['success'] for r in demo_rows]
   meta = {
-      'what': 'GENERATED stand-in for AWAC pen-binary-v0 data; not the '
-              'published pen2_sparse.npy / pen_bc_sparse4.npy',
-      'command': 'python experiments/make_pen_rl_demos.py ' + ' '.join(
-          sys.argv[1:] if argv is None else argv),
-      'seed': args.seed,
-      'env_seeds': {'demos': f'{args.seed} + i',
-                    'bc_rollouts': f'{args.seed + pen.BC_SEED_OFFSET} + j',
-                    'bc_gate': f'{args.seed + pen.EVAL_SEED_OFFSET} + j'},
+      **pen.meta_header('make_pen_rl_demos.py', argv, args.seed),
       'demonstrator': {
           'kind': 'deterministic MLP policy (IQL policy mean or BC)',
           'policy_workdir': args.policy_workdir,
