@@ -455,7 +455,8 @@ def main():
     os.makedirs(workdir, exist_ok=True)
     return program_lib.RunConfig(
         env_name=args.env, workdir=workdir, num_actors=num_actors,
-        eval_every=10**9, eval_episodes=1, checkpoint_every_s=10**6,
+        eval_every=10**9, eval_episodes=1, final_eval_episodes=1,
+        checkpoint_every_s=10**6,
         log_every_s=5.0, actor_niceness=args.actor_niceness,
         actor_idle_scheduling=args.actor_idle_scheduling, supervised=True)
 

@@ -97,6 +97,9 @@ def finetune_command(args, seed: int, workdir: str) -> List[str]:
              f'--online_steps={args.online_steps}',
              f'--eval_every={args.eval_every}',
              f'--eval_episodes={args.eval_episodes}',
+             # The control evaluates every checkpoint with eval_episodes:
+             # so does this arm, its offline end and end included.
+             f'--final_eval_episodes={args.eval_episodes}',
              f'--num_actors={args.num_actors}',
              f'--lp_launch_type={args.lp_launch_type}']
   for flag in ('dataset', 'offline_steps', 'batch_size'):

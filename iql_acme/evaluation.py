@@ -4,7 +4,7 @@ standard errors, on the same start states at every evaluation."""
 import csv
 import math
 import os
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import dm_env
 import numpy as np
@@ -15,6 +15,11 @@ from iql_acme import envs
 # p = 0.5; the default episode count keeps it at or under this for any p.
 MAX_SUCCESS_RATE_SE = 0.07
 DEFAULT_EVAL_EPISODES = 1 + math.ceil(0.25 / MAX_SUCCESS_RATE_SE**2)  # 53
+# The two evaluations a run is judged by, at the offline end and at the end,
+# use more episodes: half that standard error, so a fine-tuning gain of a few
+# points is not lost in the noise of the start states.
+FINAL_MAX_SUCCESS_RATE_SE = MAX_SUCCESS_RATE_SE / 2
+FINAL_EVAL_EPISODES = 1 + math.ceil(0.25 / FINAL_MAX_SUCCESS_RATE_SE**2)  # 206
 
 # Evaluation episode i starts from env seed EVAL_SEED_BASE + i, every time, so
 # two checkpoints (or two runs, or the fine-tuned policy and its control) are
@@ -59,6 +64,17 @@ def evaluate(environment: dm_env.Environment, env_name: str,
   episode succeeds when the goal holds for more than 20 steps on pen, 25 on
   door and relocate).
   """
+  return evaluate_with_scores(environment, env_name, select_action,
+                              num_episodes, seeds)[0]
+
+
+def evaluate_with_scores(environment: dm_env.Environment, env_name: str,
+                         select_action: Callable[[np.ndarray], np.ndarray],
+                         num_episodes: int,
+                         seeds: Optional[Sequence[int]] = None
+                         ) -> Tuple[Dict[str, Optional[float]], List[float]]:
+  """`evaluate`, plus each episode's score in seed order (its normalized
+  score, else its return), for paired comparisons (`paired_gain`)."""
   if num_episodes <= 0:
     raise ValueError(f'num_episodes must be positive, got {num_episodes}')
   seeds = list(evaluation_seeds(num_episodes) if seeds is None else seeds)
@@ -95,7 +111,24 @@ def evaluate(environment: dm_env.Environment, env_name: str,
                                 float(np.mean(scores)))
   result['normalized_score_se'] = (None if scores is None else
                                    standard_error(scores))
-  return result
+  return result, [float(x) for x in (returns if scores is None else scores)]
+
+
+def paired_gain(after: Sequence[float],
+                before: Sequence[float]) -> Dict[str, float]:
+  """Mean and standard error of after[i] - before[i] over shared episodes.
+
+  Episode i of every evaluation starts from the same seed, so the two
+  policies' scores pair up; pairing removes the start states' share of the
+  noise, which two independent standard errors would count twice.
+  """
+  n = min(len(after), len(before))
+  if n == 0:
+    raise ValueError('paired_gain needs at least one episode in each')
+  differences = np.asarray(after[:n], np.float64) - np.asarray(before[:n],
+                                                               np.float64)
+  return {'mean': float(differences.mean()),
+          'se': standard_error(differences), 'episodes': n}
 
 
 class CsvWriter:

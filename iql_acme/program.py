@@ -63,6 +63,10 @@ NOT_LEARNED_KEY = 'replay_rows_not_learned'  # A count: see make_counter.
 LEGACY_LEARNER_DIR = 'learner'
 REPLAY_CHECKPOINT_DIR = 'replay'
 ONLINE_FILE = 'online_transitions.npz'  # In the learner's checkpoint folder.
+# Per-episode scores of the offline-end evaluation (in logs/), kept for the
+# final paired comparison, also across resumes.
+OFFLINE_END_SCORES_FILE = 'offline_end_scores.json'
+GAIN_KEY = 'finetuning_gain'  # In summary.json: final - offline end, paired.
 
 
 @dataclasses.dataclass
@@ -74,6 +78,9 @@ class RunConfig:
   seed: int = 0
   eval_every: int = 5_000          # learner steps between evaluations
   eval_episodes: int = evaluation.DEFAULT_EVAL_EPISODES
+  # Episodes of the offline-end and final evaluations, which summary.json
+  # compares (paired, on the same start states).
+  final_eval_episodes: int = evaluation.FINAL_EVAL_EPISODES
   checkpoint_every_s: float = DEFAULT_CHECKPOINT_EVERY_S
   log_every_s: float = 10.0
   # The actor and evaluator processes' CPU priority below the learner's,
@@ -525,11 +532,13 @@ class EvaluatorNode:
     self._start = time.time() - load_state(run.workdir).get('wall_time_s', 0.0)
     self._online_start = None  # (time, env steps) when acting began here.
 
-  def _evaluate(self, params, learner_steps, actor_steps, phase):
+  def _evaluate(self, params, learner_steps, actor_steps, phase,
+                num_episodes=None):
     def select_action(observation):
       return np.asarray(self._policy(params, self._key, observation[None])[0])
-    result = evaluation.evaluate(self._environment, self._run.env_name,
-                                 select_action, self._run.eval_episodes)
+    result, episode_scores = evaluation.evaluate_with_scores(
+        self._environment, self._run.env_name, select_action,
+        num_episodes or self._run.eval_episodes)
     row = {'learner_steps': learner_steps, 'actor_steps': actor_steps,
            'phase': phase, 'wall_time_s': round(time.time() - self._start, 2),
            **result}
@@ -537,7 +546,10 @@ class EvaluatorNode:
     self._tb.write({k: v for k, v in row.items()
                     if isinstance(v, (int, float)) and v is not None})
     logging.info('evaluation: %s', row)
-    return row
+    return row, episode_scores
+
+  def _offline_end_scores_path(self) -> str:
+    return os.path.join(self._run.workdir, 'logs', OFFLINE_END_SCORES_FILE)
 
   def _learner_steps(self) -> int:
     return int(np.asarray(self._learner.get_variables(['learner_steps'])[0]))
@@ -567,7 +579,9 @@ class EvaluatorNode:
         # update; until then this is None and we ask again next poll.
         params = self._learner.get_variables(['offline_policy'])[0]
         if params is not None:
-          self._evaluate(params, offline_steps, 0, 'offline_end')
+          _, scores = self._evaluate(params, offline_steps, 0, 'offline_end',
+                                     run.final_eval_episodes)
+          _write_json_atomically(self._offline_end_scores_path(), scores)
           offline_end_done = True
           next_eval = max(next_eval, (offline_steps // run.eval_every + 1) *
                           run.eval_every)
@@ -620,7 +634,16 @@ class EvaluatorNode:
       time.sleep(COORDINATOR_POLL_S)
     learner_steps = self._learner.finish()
     params = self._learner.get_variables(['policy'])[0]
-    final = self._evaluate(params, learner_steps, actor_steps, 'final')
+    final, final_scores = self._evaluate(params, learner_steps, actor_steps,
+                                         'final',
+                                         self._run.final_eval_episodes)
+    gain = None
+    if os.path.exists(self._offline_end_scores_path()):
+      with open(self._offline_end_scores_path()) as f:
+        gain = evaluation.paired_gain(final_scores, json.load(f))
+      logging.info('fine-tuning gain over the offline end: %+.2f +- %.2f '
+                   '(paired over the same %d start states)', gain['mean'],
+                   gain['se'], gain['episodes'])
     online_updates = max(learner_steps - config.offline_steps, 0)
     summary = {
         'env_name': self._run.env_name,
@@ -634,6 +657,7 @@ class EvaluatorNode:
         NOT_LEARNED_KEY: int(self._counter.get_counts().get(NOT_LEARNED_KEY,
                                                             0)),
         'final_eval': final,
+        GAIN_KEY: gain,
         'wall_time_s': time.time() - self._start,
     }
     _write_json_atomically(os.path.join(self._run.workdir, SUMMARY_FILE),

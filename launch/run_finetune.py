@@ -55,6 +55,12 @@ _EVAL_EPISODES = flags.DEFINE_integer(
     'Episodes per evaluation, on fixed start states (the default keeps the '
     "success rate's standard error at or under "
     f'{100 * evaluation.MAX_SUCCESS_RATE_SE:.0f} points).')
+_FINAL_EVAL_EPISODES = flags.DEFINE_integer(
+    'final_eval_episodes', evaluation.FINAL_EVAL_EPISODES,
+    'Episodes of the offline-end and final evaluations (same start states as '
+    'the others, and more of them: a standard error at or under '
+    f'{100 * evaluation.FINAL_MAX_SUCCESS_RATE_SE:.1f} points); summary.json '
+    'gives their paired difference, the fine-tuning gain.')
 _LOG_EVERY = flags.DEFINE_float('log_every', 10.0,
                                 'Seconds between log lines and CSV rows.')
 _CHECKPOINT_EVERY = flags.DEFINE_float(
@@ -106,6 +112,7 @@ def _check_flags():
     envs.make_environment(_ENV.value, 0)  # Raises the listing error.
   positive = {'num_actors': _NUM_ACTORS.value, 'eval_every': _EVAL_EVERY.value,
               'eval_episodes': _EVAL_EPISODES.value,
+              'final_eval_episodes': _FINAL_EVAL_EPISODES.value,
               'log_every': _LOG_EVERY.value,
               'checkpoint_every': _CHECKPOINT_EVERY.value}
   non_negative = {'offline_steps': _OFFLINE_STEPS.value,
@@ -211,6 +218,7 @@ def main(_):
       env_name=_ENV.value, workdir=workdir,
       num_actors=_NUM_ACTORS.value, seed=_SEED.value,
       eval_every=_EVAL_EVERY.value, eval_episodes=_EVAL_EPISODES.value,
+      final_eval_episodes=_FINAL_EVAL_EPISODES.value,
       log_every_s=_LOG_EVERY.value,
       checkpoint_every_s=_CHECKPOINT_EVERY.value,
       actor_niceness=(0 if launch_type == 'local_mt'

@@ -137,6 +137,7 @@ def make_test_program(workdir: str):
   run = program_lib.RunConfig(
       env_name=ENV_NAME, workdir=workdir, num_actors=NUM_ACTORS,
       eval_every=EVAL_EVERY, eval_episodes=EVAL_EPISODES,
+      final_eval_episodes=EVAL_EPISODES,
       log_every_s=LOG_EVERY_S, supervised=True)
   return program_lib.make_program(config, dataset_fn, run)
 

@@ -69,15 +69,46 @@ def test_standard_error_helper():
   assert evaluation.standard_error([5.0]) == 0.0
 
 
-def test_default_episode_count_bounds_the_success_rate_se():
-  n = evaluation.DEFAULT_EVAL_EPISODES
+@pytest.mark.parametrize('n, bound', [
+    (evaluation.DEFAULT_EVAL_EPISODES, evaluation.MAX_SUCCESS_RATE_SE),
+    (evaluation.FINAL_EVAL_EPISODES, evaluation.FINAL_MAX_SUCCESS_RATE_SE)])
+def test_default_episode_counts_bound_the_success_rate_se(n, bound):
   assert n >= 50
   worst = max(math.sqrt(k / n * (1 - k / n) / (n - 1)) for k in range(n + 1))
-  assert worst <= evaluation.MAX_SUCCESS_RATE_SE
+  assert worst <= bound
   smaller = n - 1
   worst_smaller = max(math.sqrt(k / smaller * (1 - k / smaller) /
                                 (smaller - 1)) for k in range(smaller + 1))
-  assert worst_smaller > evaluation.MAX_SUCCESS_RATE_SE  # n is the least.
+  assert worst_smaller > bound  # n is the least.
+
+
+def test_episode_scores_are_the_per_episode_terms_of_the_mean():
+  env = envs.make_environment(PEN, seed=0)
+  result, scores = evaluation.evaluate_with_scores(env, PEN, zero_action, 5)
+  assert result == evaluation.evaluate(env, PEN, zero_action, 5)
+  assert len(scores) == 5 and set(scores) <= {0.0, 100.0}
+  assert np.mean(scores) == pytest.approx(result['normalized_score'])
+  assert evaluation.standard_error(scores) == pytest.approx(
+      result['normalized_score_se'])
+
+
+def test_paired_gain_pairs_episodes_by_start_state():
+  before = [0.0, 100.0, 0.0, 100.0, 100.0]
+  after = [100.0, 100.0, 0.0, 100.0, 100.0, 0.0]  # One more episode.
+  gain = evaluation.paired_gain(after, before)
+  differences = np.array([100.0, 0.0, 0.0, 0.0, 0.0])
+  assert gain['episodes'] == 5
+  assert gain['mean'] == pytest.approx(differences.mean())
+  assert gain['se'] == pytest.approx(differences.std(ddof=1) / np.sqrt(5))
+  # A policy that did not change has a gain of exactly 0 +- 0 when paired;
+  # paired with other start states, the same scores seem to differ.
+  same = [0.0, 0.0, 100.0, 100.0, 100.0]
+  assert evaluation.paired_gain(same, same) == {'mean': 0.0, 'se': 0.0,
+                                                'episodes': 5}
+  unpaired = evaluation.paired_gain(same, same[::-1])
+  assert unpaired['mean'] == pytest.approx(0.0) and unpaired['se'] > 40
+  with pytest.raises(ValueError, match='at least one episode'):
+    evaluation.paired_gain([], before)
 
 
 def test_non_binary_task_has_score_se_and_no_success_rate():

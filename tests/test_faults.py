@@ -61,7 +61,8 @@ class Run:
     args = ['launch/run_finetune.py', '--env=pen-binary-v0',
             f'--dataset={dataset}', f'--offline_steps={OFFLINE_STEPS}',
             f'--online_steps={online_steps}', f'--num_actors={NUM_ACTORS}',
-            '--eval_every=1000', '--eval_episodes=1', '--batch_size=64',
+            '--eval_every=1000', '--eval_episodes=1', '--final_eval_episodes=1',
+            '--batch_size=64',
             '--log_every=1', f'--workdir={workdir}',
             '--lp_launch_type=local_mp']
     self._log = open(self.log_path, 'a')  # pylint: disable=consider-using-with
@@ -278,8 +279,8 @@ def run_local_mt_learner_fault(dataset, workdir):
           '--env=pen-binary-v0', f'--dataset={dataset}',
           f'--offline_steps={OFFLINE_STEPS}', f'--online_steps={ONLINE_STEPS}',
           f'--num_actors={NUM_ACTORS}', '--eval_every=1000',
-          '--eval_episodes=1', '--batch_size=64', '--log_every=1',
-          f'--workdir={workdir}', '--lp_launch_type=local_mt']
+          '--eval_episodes=1', '--final_eval_episodes=1', '--batch_size=64',
+          '--log_every=1', f'--workdir={workdir}', '--lp_launch_type=local_mt']
   return subprocess.run(args, cwd=REPO, capture_output=True, text=True,
                         timeout=RUN_TIMEOUT_S, check=False,
                         env=dict(os.environ, IQL_TEST_WORKDIR=workdir))

@@ -19,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFLINE_STEPS = 300
 ONLINE_STEPS = 600
 NUM_ACTORS = 2
+FINAL_EVAL_EPISODES = 3  # The offline-end and final evaluations'.
 RATIO_TOLERANCE = 0.10
 RUN_TIMEOUT_S = 420
 
@@ -55,7 +56,8 @@ def finetune_args(dataset, online_steps):
   return ['launch/run_finetune.py', '--env=pen-binary-v0',
           f'--dataset={dataset}', f'--offline_steps={OFFLINE_STEPS}',
           f'--online_steps={online_steps}', f'--num_actors={NUM_ACTORS}',
-          '--eval_every=200', '--eval_episodes=1', '--batch_size=64',
+          '--eval_every=200', '--eval_episodes=1',
+          f'--final_eval_episodes={FINAL_EVAL_EPISODES}', '--batch_size=64',
           '--log_every=1']  # Rows in every phase, however short.
 
 
@@ -111,9 +113,29 @@ def test_evaluator_rows_written(local_mp_run):
   offline_end = rows[phases.index('offline_end')]
   assert int(offline_end['learner_steps']) == OFFLINE_STEPS
   for row in rows:
+    judged = row['phase'] in ('offline_end', 'final')
+    assert int(row['episodes']) == (FINAL_EVAL_EPISODES if judged else 1)
+  for row in rows:
     assert 0.0 <= float(row['success_rate']) <= 1.0
     assert -100.0 <= float(row['mean_return']) <= 0.0
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
+
+
+def test_summary_gives_the_paired_finetuning_gain(local_mp_run):
+  workdir, _ = local_mp_run
+  summary = json.load(open(os.path.join(workdir, 'summary.json')))
+  rows = read_csv(os.path.join(workdir, 'logs', 'evaluator.csv'))
+  by_phase = {r['phase']: float(r['normalized_score']) for r in rows}
+  gain = summary['finetuning_gain']
+  assert gain['episodes'] == FINAL_EVAL_EPISODES
+  # Same episodes on both sides: the paired mean is the difference of means.
+  assert gain['mean'] == pytest.approx(by_phase['final'] -
+                                       by_phase['offline_end'])
+  offline_end_scores = json.load(
+      open(os.path.join(workdir, 'logs', 'offline_end_scores.json')))
+  assert len(offline_end_scores) == FINAL_EVAL_EPISODES
+  assert sum(offline_end_scores) / FINAL_EVAL_EPISODES == pytest.approx(
+      by_phase['offline_end'])
 
 
 def test_resume_from_workdir_under_local_mt(local_mp_run, pen_random_npz):
@@ -137,6 +159,11 @@ def test_resume_from_workdir_under_local_mt(local_mp_run, pen_random_npz):
   rows = read_csv(os.path.join(workdir, 'logs', 'evaluator.csv'))
   assert [r['phase'] for r in rows].count('offline_end') == 1
   assert [r['phase'] for r in rows].count('final') == 2
+  # The resumed run's gain is still against the first launch's offline end.
+  final = float(rows[-1]['normalized_score'])
+  offline_end = next(float(r['normalized_score']) for r in rows
+                     if r['phase'] == 'offline_end')
+  assert after['finetuning_gain']['mean'] == pytest.approx(final - offline_end)
 
 
 def test_acme_distributed_layout_runs_iql_builder(pen_random_npz, tmp_path):

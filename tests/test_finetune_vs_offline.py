@@ -136,6 +136,8 @@ def test_both_arms_get_the_same_updates_and_schedule(experiment):
   assert f'--online_steps={ONLINE}' in finetune
   assert '--lp_launch_type=local_mp' in finetune
   assert f'--eval_episodes={evaluation.DEFAULT_EVAL_EPISODES}' in finetune
+  assert (f'--final_eval_episodes={evaluation.DEFAULT_EVAL_EPISODES}'
+          in finetune)  # Both arms' ends are judged on the same episodes.
   assert flag('--eval_episodes') == str(evaluation.DEFAULT_EVAL_EPISODES)
 
 
