@@ -63,9 +63,9 @@ NOT_LEARNED_KEY = 'replay_rows_not_learned'  # A count: see make_counter.
 LEGACY_LEARNER_DIR = 'learner'
 REPLAY_CHECKPOINT_DIR = 'replay'
 ONLINE_FILE = 'online_transitions.npz'  # In the learner's checkpoint folder.
-# Per-episode scores of the offline-end evaluation (in logs/), kept for the
-# final paired comparison, also across resumes.
-OFFLINE_END_SCORES_FILE = 'offline_end_scores.json'
+# The offline-end evaluation (in logs/): its row and per-episode scores,
+# kept for the final paired comparison, also across resumes.
+OFFLINE_END_FILE = 'offline_end_eval.json'
 GAIN_KEY = 'finetuning_gain'  # In summary.json: final - offline end, paired.
 
 
@@ -191,6 +191,27 @@ def load_checkpoint_policy(workdir: str) -> Tuple[object, int]:
                      '--workdir of a run_finetune.py run')
   training_state = savers.restore_from_path(path)
   return training_state.policy_params, int(training_state.steps)
+
+
+def result_line(summary: dict) -> Optional[str]:
+  """The run's outcome in one line: offline-end and final scores, the gain."""
+  final, gain = summary.get('final_eval'), summary.get(GAIN_KEY)
+  if not final or final.get('normalized_score') is None:
+    return None
+
+  def score(e):
+    return (f"{e['normalized_score']:.1f} +- {e['normalized_score_se']:.1f} "
+            f"({e['episodes']} episodes)")
+
+  what = ('success rate %' if final.get('success_rate') is not None
+          else 'normalized score')
+  line = f'{what}: final {score(final)}'
+  offline_end = summary.get('offline_end_eval')
+  if offline_end and gain:
+    line = (f'{what}: offline end {score(offline_end)}, final {score(final)}; '
+            f"fine-tuning gain {gain['mean']:+.1f} +- {gain['se']:.1f} "
+            f"(paired over the same {gain['episodes']} start states)")
+  return line
 
 
 def load_counts(workdir: str) -> dict:
@@ -548,8 +569,8 @@ class EvaluatorNode:
     logging.info('evaluation: %s', row)
     return row, episode_scores
 
-  def _offline_end_scores_path(self) -> str:
-    return os.path.join(self._run.workdir, 'logs', OFFLINE_END_SCORES_FILE)
+  def _offline_end_path(self) -> str:
+    return os.path.join(self._run.workdir, 'logs', OFFLINE_END_FILE)
 
   def _learner_steps(self) -> int:
     return int(np.asarray(self._learner.get_variables(['learner_steps'])[0]))
@@ -579,9 +600,10 @@ class EvaluatorNode:
         # update; until then this is None and we ask again next poll.
         params = self._learner.get_variables(['offline_policy'])[0]
         if params is not None:
-          _, scores = self._evaluate(params, offline_steps, 0, 'offline_end',
-                                     run.final_eval_episodes)
-          _write_json_atomically(self._offline_end_scores_path(), scores)
+          row, scores = self._evaluate(params, offline_steps, 0,
+                                       'offline_end', run.final_eval_episodes)
+          _write_json_atomically(self._offline_end_path(),
+                                 {'eval': row, 'episode_scores': scores})
           offline_end_done = True
           next_eval = max(next_eval, (offline_steps // run.eval_every + 1) *
                           run.eval_every)
@@ -637,10 +659,12 @@ class EvaluatorNode:
     final, final_scores = self._evaluate(params, learner_steps, actor_steps,
                                          'final',
                                          self._run.final_eval_episodes)
-    gain = None
-    if os.path.exists(self._offline_end_scores_path()):
-      with open(self._offline_end_scores_path()) as f:
-        gain = evaluation.paired_gain(final_scores, json.load(f))
+    offline_end, gain = None, None
+    if os.path.exists(self._offline_end_path()):
+      with open(self._offline_end_path()) as f:
+        offline_end = json.load(f)
+      gain = evaluation.paired_gain(final_scores,
+                                    offline_end['episode_scores'])
       logging.info('fine-tuning gain over the offline end: %+.2f +- %.2f '
                    '(paired over the same %d start states)', gain['mean'],
                    gain['se'], gain['episodes'])
@@ -656,6 +680,7 @@ class EvaluatorNode:
         'replay_size': self._replay_size(),
         NOT_LEARNED_KEY: int(self._counter.get_counts().get(NOT_LEARNED_KEY,
                                                             0)),
+        'offline_end_eval': offline_end and offline_end['eval'],
         'final_eval': final,
         GAIN_KEY: gain,
         'wall_time_s': time.time() - self._start,

@@ -249,7 +249,15 @@ def main(_):
     print(f'error: run failed: {problem} (see the node logs above)',
           file=sys.stderr)
     sys.exit(1)
-  print(f'done: {os.path.join(run.workdir, program_lib.SUMMARY_FILE)}')
+  _print_done(os.path.join(run.workdir, program_lib.SUMMARY_FILE))
+
+
+def _print_done(summary_path: str):
+  print(f'done: {summary_path}')
+  with open(summary_path) as f:
+    line = program_lib.result_line(json.load(f))
+  if line:
+    print(line)
 
 
 def _supervise(program, run, launch_type) -> int:
@@ -271,7 +279,7 @@ def _supervise(program, run, launch_type) -> int:
   watch.install_signal_handlers()
   code = watch.run()
   if code == 0:
-    print(f'done: {summary}')
+    _print_done(summary)
   else:
     print(watch.message, file=sys.stderr)
   sys.stdout.flush()

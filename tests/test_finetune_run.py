@@ -131,11 +131,23 @@ def test_summary_gives_the_paired_finetuning_gain(local_mp_run):
   # Same episodes on both sides: the paired mean is the difference of means.
   assert gain['mean'] == pytest.approx(by_phase['final'] -
                                        by_phase['offline_end'])
-  offline_end_scores = json.load(
-      open(os.path.join(workdir, 'logs', 'offline_end_scores.json')))
-  assert len(offline_end_scores) == FINAL_EVAL_EPISODES
-  assert sum(offline_end_scores) / FINAL_EVAL_EPISODES == pytest.approx(
+  offline_end = json.load(
+      open(os.path.join(workdir, 'logs', 'offline_end_eval.json')))
+  scores = offline_end['episode_scores']
+  assert len(scores) == FINAL_EVAL_EPISODES
+  assert sum(scores) / FINAL_EVAL_EPISODES == pytest.approx(
       by_phase['offline_end'])
+  assert summary['offline_end_eval'] == offline_end['eval']
+  assert summary['offline_end_eval']['normalized_score'] == pytest.approx(
+      by_phase['offline_end'])
+
+
+def test_launcher_prints_the_result_line(local_mp_run):
+  _, result = local_mp_run
+  lines = result.stdout.splitlines()
+  done = next(i for i, l in enumerate(lines) if l.startswith('done: '))
+  assert lines[done + 1].startswith('success rate %: offline end ')
+  assert 'fine-tuning gain' in lines[done + 1]
 
 
 def test_resume_from_workdir_under_local_mt(local_mp_run, pen_random_npz):
@@ -189,3 +201,21 @@ def test_acme_distributed_layout_runs_iql_builder(pen_random_npz, tmp_path):
   assert max(float(r['learner_steps']) for r in online) > OFFLINE_STEPS
   time.sleep(2.0)
   assert node_processes(workdir) == []
+
+
+def test_result_line_without_success_rates_or_offline_end():
+  from iql_acme import program as program_lib  # pylint: disable=g-import-not-at-top
+  final = {'normalized_score': 12.34, 'normalized_score_se': 1.5,
+           'episodes': 206, 'success_rate': None}
+  assert program_lib.result_line({'final_eval': final}) == (
+      'normalized score: final 12.3 +- 1.5 (206 episodes)')
+  assert program_lib.result_line(
+      {'final_eval': {**final, 'normalized_score': None}}) is None
+  offline_end = {**final, 'normalized_score': 10.0}
+  gain = {'mean': 2.34, 'se': 0.5, 'episodes': 206}
+  assert program_lib.result_line(
+      {'final_eval': final, 'offline_end_eval': offline_end,
+       'finetuning_gain': gain}) == (
+           'normalized score: offline end 10.0 +- 1.5 (206 episodes), final '
+           '12.3 +- 1.5 (206 episodes); fine-tuning gain +2.3 +- 0.5 (paired '
+           'over the same 206 start states)')
