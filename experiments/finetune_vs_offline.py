@@ -164,14 +164,21 @@ def mean_and_se(values: Sequence[float]) -> Dict[str, float]:
           'se': evaluation.standard_error(values), 'n': len(values)}
 
 
+# A launcher evaluation lands a few updates past its multiple of eval_every
+# (it waits for the learner); rows within this fraction of the grid snap to it.
+GRID_SNAP_FRACTION = 0.25
+
+
 def curve_points(rows, eval_every: int) -> Dict[int, float]:
-  """Score by learner step, snapped to the evaluation grid (the launcher's
-  evaluations land a few updates past each multiple of eval_every)."""
+  """Score by learner step, snapped to the evaluation grid; rows off the
+  grid (the offline end or the final at a step that is no multiple of
+  eval_every) keep their own step."""
   points = {}
-  for row in rows:  # A later row at the same grid point wins (offline_end).
+  for row in rows:  # A later row at the same point wins.
     step = plot_run.number(row['learner_steps'])
-    points[int(round(step / eval_every) * eval_every)] = plot_run.number(
-        row[SCORE])
+    grid = round(step / eval_every) * eval_every
+    snapped = abs(step - grid) <= GRID_SNAP_FRACTION * eval_every
+    points[int(grid if snapped else step)] = plot_run.number(row[SCORE])
   return points
 
 

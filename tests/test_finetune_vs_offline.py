@@ -98,6 +98,15 @@ def test_curves_are_aligned_on_the_evaluation_grid(experiment):
       50, 100, 150, 200, 250, 300]
 
 
+def test_an_end_off_the_grid_keeps_its_step():
+  """110,000 updates with evaluations every 20,000: the final is not the
+  120,000 point, nor does it replace the 100,000 one."""
+  rows = [score_row(100_130, 7.0, 'online'), score_row(110_000, 9.0, 'final'),
+          score_row(20_000, 1.0, 'offline_end'), score_row(30_000, 2.0)]
+  assert fvo.curve_points(rows, 20_000) == {100_000: 7.0, 110_000: 9.0,
+                                            20_000: 1.0, 30_000: 2.0}
+
+
 def test_no_gain_is_reported_as_such(experiment, tmp_path):
   args, config, workdirs, finetune, _ = experiment
   for seed in args.seeds:  # The fine-tuned policy ends where it started.
