@@ -205,13 +205,12 @@ def result_line(summary: dict) -> Optional[str]:
 
   what = ('success rate %' if final.get('success_rate') is not None
           else 'normalized score')
-  line = f'{what}: final {score(final)}'
   offline_end = summary.get('offline_end_eval')
-  if offline_end and gain:
-    line = (f'{what}: offline end {score(offline_end)}, final {score(final)}; '
-            f"fine-tuning gain {gain['mean']:+.1f} +- {gain['se']:.1f} "
-            f"(paired over the same {gain['episodes']} start states)")
-  return line
+  if not (offline_end and gain):
+    return f'{what}: final {score(final)}'
+  return (f'{what}: offline end {score(offline_end)}, final {score(final)}; '
+          f"fine-tuning gain {gain['mean']:+.1f} +- {gain['se']:.1f} "
+          f"(paired over the same {gain['episodes']} start states)")
 
 
 def load_counts(workdir: str) -> dict:
@@ -665,9 +664,6 @@ class EvaluatorNode:
         offline_end = json.load(f)
       gain = evaluation.paired_gain(final_scores,
                                     offline_end['episode_scores'])
-      logging.info('fine-tuning gain over the offline end: %+.2f +- %.2f '
-                   '(paired over the same %d start states)', gain['mean'],
-                   gain['se'], gain['episodes'])
     online_updates = max(learner_steps - config.offline_steps, 0)
     summary = {
         'env_name': self._run.env_name,
@@ -688,6 +684,9 @@ class EvaluatorNode:
     _write_json_atomically(os.path.join(self._run.workdir, SUMMARY_FILE),
                            summary)
     logging.info('run finished: %s', summary)
+    outcome = result_line(summary)  # The launcher prints it after `done:`.
+    if outcome:
+      logging.info('%s', outcome)
     self._stop_program()
 
 
