@@ -21,8 +21,10 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFLINE_STEPS = 200
 # Long enough that a fault at FAULT_AT_STEPS lands mid-run: the online
-# phase runs at up to ~200 env steps/s on 2 cores.
-ONLINE_STEPS = 1500
+# phase runs at up to ~370 env steps/s on 2 cores, and the evaluator's
+# progress line the tests wait on can lag by 3 s (SCHED_IDLE). At 1,500 a
+# quiet machine once finished the run before the SIGINT landed.
+ONLINE_STEPS = 4000
 FAULT_AT_STEPS = 100
 NUM_ACTORS = 2
 RUN_TIMEOUT_S = 300
