@@ -89,9 +89,12 @@ toy: $(STAMP)
 # hour on 2 cores from scratch; planner and DAgger episodes are cached in
 # out/pen_standin, so a rerun resumes).
 .PHONY: pen-data
-PEN_DATA_ARGS ?= --num_demos 100 --max_minutes 60 --num_workers 2 --dagger_rounds 5 --dagger_episodes 40 --dagger_beta 0.5 --dagger_labels policy_guided --bc_steps 10000 --final_bc_steps 30000 --final_bc_input_noise 0.1 --final_bc_seed 2 --gate 0.3 --num_bc_episodes 2000 --seed 0
+# The embedded pen stand-in again, with 2,000 BC rollouts instead of 300
+# (out/pen-binary-v0, about 100 MB): the committed demonstrator policy
+# rewrites the same demos (README, "Stand-in datasets").
+PEN_DATA_ARGS ?= --num_demos 100 --num_bc_episodes 2000 --seed 0
 pen-data: $(STAMP)
-	$(PY) experiments/make_pen_demos.py --out out/pen-binary-v0 $(PEN_DATA_ARGS)
+	$(PY) experiments/make_pen_rl_demos.py --policy_npz iql_acme/data/assets/pen-binary-v0/demonstrator_policy.npz --out out/pen-binary-v0 --work_dir out/pen-binary-v0_work $(PEN_DATA_ARGS)
 
 clean:
 	rm -rf $(VENV) $(CORE_VENV)

@@ -25,6 +25,7 @@ os.environ.setdefault('D4RL_SUPPRESS_IMPORT_ERROR', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import cli
 import numpy as np
 
 from iql_acme import envs
@@ -39,7 +40,7 @@ def parse_args(argv=None):
   parser.add_argument('--env', default='pen-binary-v0')
   parser.add_argument('--dataset', default=None,
                       help='default: the embedded stand-in for --env')
-  parser.add_argument('--seeds', default='0,1,2',
+  parser.add_argument('--seeds', type=cli.int_list, default='0,1,2',
                       help='one BC fit per seed on the dataset ("" for none)')
   parser.add_argument('--policy', default=None,
                       help='saved BC parameters (.npz) to score as well')
@@ -49,10 +50,6 @@ def parse_args(argv=None):
                       default=evaluation.DEFAULT_EVAL_EPISODES)
   parser.add_argument('--out', required=True, help='JSON file of results')
   args = parser.parse_args(argv)
-  try:
-    args.seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
-  except ValueError:
-    parser.error(f'--seeds must be comma-separated integers, got {args.seeds!r}')
   if not args.seeds and not args.policy:
     parser.error('nothing to score: give --seeds or --policy')
   if args.policy and not os.path.isfile(args.policy):

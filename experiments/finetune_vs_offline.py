@@ -36,6 +36,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import cli
 import numpy as np
 
 from iql_acme import evaluation
@@ -60,7 +61,7 @@ def parse_args(argv=None):
                       help='dataset path or D4RL name (default: as '
                       'launch/run_finetune.py picks it)')
   parser.add_argument('--out', required=True)
-  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--seeds', type=cli.int_list, default='0,1,2')
   parser.add_argument('--offline_steps', type=int, default=None,
                       help='default: the domain preset')
   parser.add_argument('--online_steps', type=int, default=20_000)
@@ -71,10 +72,6 @@ def parse_args(argv=None):
   parser.add_argument('--batch_size', type=int, default=None)
   parser.add_argument('--lp_launch_type', default='local_mp')
   args = parser.parse_args(argv)
-  try:
-    args.seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
-  except ValueError:
-    parser.error(f'--seeds must be comma-separated integers, got {args.seeds!r}')
   if not args.seeds:
     parser.error('--seeds is empty; pass e.g. --seeds 0,1,2')
   for flag in ('online_steps', 'eval_every', 'eval_episodes', 'num_actors'):

@@ -60,6 +60,7 @@ from typing import Optional
 os.environ.setdefault('D4RL_SUPPRESS_IMPORT_ERROR', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import cli  # pylint: disable=g-import-not-at-top
 import mujoco  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -103,7 +104,8 @@ def parse_args(argv=None):
   parser.add_argument('--max_minutes', type=float, default=120.0,
                       help='wall-time budget of the planner phase')
   parser.add_argument('--num_bc_episodes', type=int, default=50)
-  parser.add_argument('--bc_noise_stds', default='0.1,0.2,0.3,0.5',
+  parser.add_argument('--bc_noise_stds', type=cli.float_list,
+                      default='0.1,0.2,0.3,0.5',
                       help='Gaussian action noise of BC rollouts, cycled')
   parser.add_argument('--bc_steps', type=int, default=bc.BCConfig.num_steps)
   parser.add_argument('--final_bc_steps', type=int, default=None,
@@ -704,7 +706,7 @@ def main(argv=None):
   gate_passed = history[-1]['success_rate'] >= args.gate
 
   bc_start = time.time()
-  noise_stds = [float(s) for s in args.bc_noise_stds.split(',')]
+  noise_stds = args.bc_noise_stds
   bc_paths, bc_rows, bc_actions = [], [], []
   if gate_passed:
     bc_paths, bc_rows, bc_actions = rollout_bc(

@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import cli
 import make_pen_demos as pen
 import numpy as np
 from tqdm import tqdm
@@ -74,7 +75,7 @@ def parse_args(argv=None):
                       'num_demos)')
   parser.add_argument('--bc_steps', type=int, default=30_000)
   parser.add_argument('--bc_input_noise', type=float, default=0.1)
-  parser.add_argument('--bc_seeds', default='0,1,2',
+  parser.add_argument('--bc_seeds', type=cli.int_list, default='0,1,2',
                       help='one BC fit per seed; the gate takes their mean '
                       'and the first one is rolled out')
   parser.add_argument('--num_eval_episodes', type=int, default=50,
@@ -82,7 +83,8 @@ def parse_args(argv=None):
   parser.add_argument('--gate', type=float, default=pen.ACCEPTANCE_SUCCESS_RATE,
                       help='BC success needed before BC rollouts are made')
   parser.add_argument('--num_bc_episodes', type=int, default=300)
-  parser.add_argument('--bc_noise_stds', default='0.1,0.2,0.3,0.5',
+  parser.add_argument('--bc_noise_stds', type=cli.float_list,
+                      default='0.1,0.2,0.3,0.5',
                       help='Gaussian action noise of BC rollouts, cycled')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
@@ -96,16 +98,8 @@ def parse_args(argv=None):
                  f'least --num_demos ({args.num_demos})')
   if args.num_bc_episodes < 0 or args.bc_input_noise < 0:
     parser.error('--num_bc_episodes and --bc_input_noise must be >= 0')
-  try:
-    args.bc_noise_stds = [float(s) for s in args.bc_noise_stds.split(',')]
-  except ValueError:
-    parser.error('--bc_noise_stds must be comma-separated numbers, got '
-                 f'{args.bc_noise_stds!r}')
-  try:
-    args.bc_seeds = [int(s) for s in args.bc_seeds.split(',')]
-  except ValueError:
-    parser.error('--bc_seeds must be comma-separated integers, got '
-                 f'{args.bc_seeds!r}')
+  if not (args.bc_seeds and args.bc_noise_stds):
+    parser.error('--bc_seeds and --bc_noise_stds must not be empty')
   if args.policy_workdir and not os.path.isdir(args.policy_workdir):
     parser.error(f'--policy_workdir {args.policy_workdir} is not a folder: '
                  'pass the --workdir of a pen-binary-v0 run_finetune.py run')

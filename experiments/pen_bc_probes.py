@@ -33,6 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 import make_pen_demos as pen  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pen_bc_sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -64,7 +65,7 @@ def parse_args(argv=None):
                       'default: DAGGER_DIR/bc_params_final.npz')
   parser.add_argument('--bc_steps', type=int, default=30_000)
   parser.add_argument('--bc_input_noise', type=float, default=0.1)
-  parser.add_argument('--bc_seeds', default='0,2',
+  parser.add_argument('--bc_seeds', type=cli.int_list, default='0,2',
                       help='seeds of the refits (ensemble: its members)')
   parser.add_argument('--num_states', type=int, default=40,
                       help='label_noise: visited states labelled twice')
@@ -73,7 +74,8 @@ def parse_args(argv=None):
   parser.add_argument('--num_episodes', type=int, default=1500,
                       help='episodes per round (self_imitation: noisy '
                       'rollouts; low_noise_labels: labelled episodes)')
-  parser.add_argument('--noise_stds', default='0.1,0.2,0.3',
+  parser.add_argument('--noise_stds', type=cli.float_list,
+                      default='0.1,0.2,0.3',
                       help='self_imitation: action noise, cycled')
   parser.add_argument('--label_noise_std', type=float, default=0.1,
                       help='low_noise_labels: the planner\'s sample noise')
@@ -202,7 +204,7 @@ def main(argv=None):
     episodes = training_episodes(args)
   except ValueError as e:
     raise SystemExit(f'error: {e}') from None
-  seeds = [int(s) for s in args.bc_seeds.split(',')]
+  seeds = args.bc_seeds
   policy_file = args.policy or os.path.join(args.dagger_dir,
                                             'bc_params_final.npz')
   if not os.path.exists(policy_file):
@@ -273,7 +275,7 @@ def score_with_previous_action(env, policy, act_dim, args, name) -> dict:
 
 def self_imitation(args, env, params, observations, labels):
   rng = np.random.default_rng(0)
-  stds = [float(s) for s in args.noise_stds.split(',')]
+  stds = args.noise_stds
   observations, labels, results = list(observations), list(labels), []
   for round_index in range(1, args.num_rounds + 1):
     policy, successes = bc.bc_policy(params), 0

@@ -43,6 +43,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from acme import specs
+import cli
 import dm_env
 import jax
 import matplotlib
@@ -78,22 +79,14 @@ CURVE_FIELDS = ('tau', 'seed', 'learner_steps', 'normalized_score',
                 'mean_return', 'success_fraction', 'episodes', 'wall_time_s')
 
 
-def parse_floats(text: str) -> List[float]:
-  return [float(x) for x in text.split(',') if x.strip()]
-
-
-def parse_ints(text: str) -> List[int]:
-  return [int(x) for x in text.split(',') if x.strip()]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--layout', choices=make_maze2d.LAYOUTS,
                       default='medium')
   parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument('--taus', type=parse_floats, default=DEFAULT_TAUS,
+  parser.add_argument('--taus', type=cli.float_list, default=DEFAULT_TAUS,
                       help='comma-separated expectiles')
-  parser.add_argument('--seeds', type=parse_ints, default=DEFAULT_SEEDS,
+  parser.add_argument('--seeds', type=cli.int_list, default=DEFAULT_SEEDS,
                       help='comma-separated training seeds')
   parser.add_argument('--steps', type=int, default=DEFAULT_STEPS,
                       help='gradient updates per run')

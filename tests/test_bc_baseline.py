@@ -39,7 +39,7 @@ def test_scores_a_saved_policy_and_fits_on_the_embedded_data(tmp_path):
 
 @pytest.mark.parametrize('flags,message', [
     (['--seeds', ''], 'nothing to score'),
-    (['--seeds', 'a'], '--seeds must be comma-separated integers'),
+    (['--seeds', 'a'], 'argument --seeds: must be comma-separated integers'),
     (['--policy', 'missing.npz'], 'is not a file'),
     (['--bc_steps', '0'], '--bc_steps must be at least 1'),
 ])

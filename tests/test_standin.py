@@ -558,8 +558,10 @@ def test_pen_bc_probes_on_a_tiny_cache(tmp_path, capsys):
 @pytest.mark.parametrize('flags,message', [
     (['--final_bc_steps', '0'], '--final_bc_steps must be at least 1'),
     (['--final_bc_input_noise', '-0.1'], '--final_bc_input_noise must be'),
+    (['--bc_noise_stds', '0.1,x'],
+     "argument --bc_noise_stds: must be comma-separated numbers, got '0.1,x'"),
 ])
-def test_make_pen_demos_rejects_bad_final_refit_flags(capsys, flags, message):
+def test_make_pen_demos_rejects_bad_flags(capsys, flags, message):
   with pytest.raises(SystemExit) as exit_info:
     make_pen_demos.parse_args(['--out', 'x', *flags])
   assert exit_info.value.code == 2

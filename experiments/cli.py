@@ -1,0 +1,24 @@
+"""Argparse types the experiment scripts share.
+
+`type=cli.int_list` turns '0,1,2' into [0, 1, 2]; a bad entry is argparse's
+one-line error (`argument --seeds: must be comma-separated integers, got
+'0,a'`, exit 2). Blank entries are dropped, so '' is []: scripts that need
+a non-empty list say so themselves.
+"""
+
+import argparse
+
+
+def _list_of(kind, what: str):
+  def parse(text: str) -> list:
+    try:
+      return [kind(s) for s in text.split(',') if s.strip()]
+    except ValueError:
+      raise argparse.ArgumentTypeError(
+          f'must be comma-separated {what}, got {text!r}') from None
+  parse.__name__ = f'{kind.__name__}_list'
+  return parse
+
+
+int_list = _list_of(int, 'integers')
+float_list = _list_of(float, 'numbers')
