@@ -49,6 +49,9 @@ import jax
 import jax.numpy as jnp
 import make_pen_demos as pen
 import make_pen_rl_demos as rl_demos
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
@@ -153,28 +156,30 @@ class LayerNormTwinQ(nn.Module):
 
 
 class Buffer:
-  """The pool of transitions one batch part is drawn from."""
+  """A pool of transitions (dense rewards) that batches are drawn from."""
 
-  def __init__(self, capacity, obs_dim, act_dim):
-    self.fields = {'observations': np.zeros((capacity, obs_dim), np.float32),
-                   'actions': np.zeros((capacity, act_dim), np.float32),
-                   'rewards': np.zeros(capacity, np.float32),
-                   'discounts': np.zeros(capacity, np.float32),
-                   'next_observations': np.zeros((capacity, obs_dim),
-                                                 np.float32)}
-    self.size = 0
+  def __init__(self, fields, size):
+    self.fields, self.size = fields, size
 
   @classmethod
-  def of(cls, transitions, reward_scale):
-    buffer = cls(0, 0, 0)
-    buffer.fields = {
-        'observations': transitions.observations,
-        'actions': transitions.actions,
-        'rewards': dense_reward(transitions.next_observations, reward_scale),
-        'discounts': transitions.discounts,
-        'next_observations': transitions.next_observations}
-    buffer.size = transitions.size
-    return buffer
+  def empty(cls, capacity, obs_dim, act_dim):
+    return cls({'observations': np.zeros((capacity, obs_dim), np.float32),
+                'actions': np.zeros((capacity, act_dim), np.float32),
+                'rewards': np.zeros(capacity, np.float32),
+                'discounts': np.zeros(capacity, np.float32),
+                'next_observations': np.zeros((capacity, obs_dim),
+                                              np.float32)}, 0)
+
+  @classmethod
+  def relabelled(cls, transitions, reward_scale):
+    """A run's transitions with the dense reward in place of the binary."""
+    return cls({'observations': transitions.observations,
+                'actions': transitions.actions,
+                'rewards': dense_reward(transitions.next_observations,
+                                        reward_scale),
+                'discounts': transitions.discounts,
+                'next_observations': transitions.next_observations},
+               transitions.size)
 
   def add(self, **row):
     for k, v in row.items():
@@ -338,7 +343,7 @@ def train(args, trainer, run_data, env, seeds):
     return rows, best
   obs_dim = online_run.fields['observations'].shape[1]
   act_dim = online_run.fields['actions'].shape[1]
-  fresh = Buffer(args.online_steps, obs_dim, act_dim)
+  fresh = Buffer.empty(args.online_steps, obs_dim, act_dim)
   train_env = envs.make_gymnasium_env(pen.ENV_NAME, seed=TRAIN_SEED_OFFSET)
   episode, observation = 0, train_env.reset(seed=TRAIN_SEED_OFFSET)[0]
   policy = as_numpy_policy(trainer.params['policy'])
@@ -363,6 +368,28 @@ def train(args, trainer, run_data, env, seeds):
   return rows, best
 
 
+def plot_curve(file, rows, args):
+  """Success (+-1 s.e.) against updates; the warm-up's end marked."""
+  updates = np.array([r['updates'] for r in rows])
+  rate = 100 * np.array([r['success_rate'] for r in rows])
+  se = 100 * np.array([r['standard_error'] for r in rows])
+  fig, ax = plt.subplots(figsize=(7, 4))
+  ax.plot(updates, rate, marker='o', label=f'{args.critic}, alpha {args.alpha}')
+  ax.fill_between(updates, rate - se, rate + se, alpha=0.2)
+  if args.critic_warmup:
+    ax.axvline(args.critic_warmup, color='gray', linestyle='--',
+               label='critic warm-up ends')
+  ax.set_xlabel('updates' + (f' ({args.updates_per_step} per env step after '
+                             'the warm-up)' if args.online_steps else ''))
+  ax.set_ylabel(f'success rate, % ({args.eval_episodes} targets)')
+  ax.set_ylim(0, 100)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(file, dpi=100)
+  plt.close(fig)
+
+
 def main(argv=None):
   args = parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
@@ -370,8 +397,8 @@ def main(argv=None):
   offline, _ = run_setup.load_offline_dataset(
       run_setup.resolve_dataset_source(pen.ENV_NAME, args.dataset),
       'hand_finetune', online.observations.shape[1], online.actions.shape[1])
-  run_data = (Buffer.of(online, args.reward_scale),
-              Buffer.of(offline, args.reward_scale))
+  run_data = (Buffer.relabelled(online, args.reward_scale),
+              Buffer.relabelled(offline, args.reward_scale))
   networks = networks_lib.make_networks(
       networks_lib.spec_from_dims(online.observations.shape[1],
                                   online.actions.shape[1]),
@@ -393,6 +420,7 @@ def main(argv=None):
              'best_success_rate': best_rate}
   with open(os.path.join(args.out, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
+  plot_curve(os.path.join(args.out, 'curve.png'), rows, args)
   print(f'best success {best_rate:.2f} at {best_row["updates"]} updates '
         f'({best_row["env_steps"]} env steps); start '
         f'{rows[0]["success_rate"]:.2f}; wrote {args.out}/best_policy.npz')

@@ -85,6 +85,7 @@ def test_warmup_trains_the_critic_only_then_online_moves_the_policy(tmp_path):
   assert summary['end']['updates'] == 124 and summary['end']['env_steps'] == 120
   assert summary['end']['bc_mse'] > 0 and np.isfinite(summary['end']['q_pi'])
   assert summary['learner_steps'] == 7
+  assert (online / 'curve.png').stat().st_size > 0
 
 
 def test_fixed_checkpoint_critic_moves_only_the_policy(tmp_path):
