@@ -154,6 +154,8 @@ def parse_args(argv=None):
   parser.add_argument('--action_filter', type=float,
                       default=DEFAULT_MPPI.action_filter)
   args = parser.parse_args(argv)
+  if not args.bc_noise_stds:
+    parser.error('--bc_noise_stds is empty; pass e.g. 0.1,0.2,0.3,0.5')
   if args.final_bc_steps is not None and args.final_bc_steps < 1:
     parser.error(f'--final_bc_steps must be at least 1, got '
                  f'{args.final_bc_steps} (leave it out to keep the last '

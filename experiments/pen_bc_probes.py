@@ -84,7 +84,10 @@ def parse_args(argv=None):
   parser.add_argument('--eval_seed_offset', type=int,
                       default=pen_bc_sweep.DEFAULT_EVAL_SEED_OFFSET)
   parser.add_argument('--out', required=True, help='JSON file of results')
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if not (args.bc_seeds and args.noise_stds):
+    parser.error('--bc_seeds and --noise_stds must not be empty')
+  return args
 
 
 def training_episodes(args):

@@ -560,6 +560,7 @@ def test_pen_bc_probes_on_a_tiny_cache(tmp_path, capsys):
     (['--final_bc_input_noise', '-0.1'], '--final_bc_input_noise must be'),
     (['--bc_noise_stds', '0.1,x'],
      "argument --bc_noise_stds: must be comma-separated numbers, got '0.1,x'"),
+    (['--bc_noise_stds', ''], '--bc_noise_stds is empty'),
 ])
 def test_make_pen_demos_rejects_bad_flags(capsys, flags, message):
   with pytest.raises(SystemExit) as exit_info:
