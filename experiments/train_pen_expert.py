@@ -291,6 +291,9 @@ class Trainer:
     self.update_fn = make_update(networks.policy, critic_net, self.optimizer,
                                  args, train_critic=dense)
     self.updates = 0
+    self.total_updates = (args.critic_warmup + args.online_steps *
+                          args.updates_per_step if args.online_steps
+                          else args.updates)
     self.metrics = {}
 
   def update(self, batch):
@@ -313,11 +316,16 @@ def evaluate(trainer, env, seeds, rows, best, env_steps, start):
          **{k: float(v) for k, v in trainer.metrics.items()}}
   rows.append(row)
   elapsed = time.time() - start
-  print(f'updates {trainer.updates} env steps {env_steps}: success '
+  rate = trainer.updates / max(elapsed, 1e-9)
+  eta = (f'{(trainer.total_updates - trainer.updates) / rate:.0f} s'
+         if trainer.updates else '-')
+  print(f'updates {trainer.updates}/{trainer.total_updates} env steps '
+        f'{env_steps}: success '
         f'{row["success_rate"]:.2f} +- {row["standard_error"]:.2f} over '
         f'{len(seeds)} targets; ' + ' '.join(
             f'{k} {float(v):.4g}' for k, v in trainer.metrics.items()) +
-        f' ({elapsed:.0f} s)', flush=True)
+        f' ({elapsed:.0f} s, {rate:.0f} updates/s, ETA {eta})',
+        flush=True)
   if best is None or row['success_rate'] > best[0]:
     best = (row['success_rate'], dict(row), trainer.params['policy'])
   return best
