@@ -84,14 +84,11 @@ bench-system: $(STAMP)
 toy: $(STAMP)
 	$(PY) experiments/toy_umaze.py --out out/toy_umaze
 
-# A larger pen-binary-v0 stand-in (2,000 noisy BC rollouts instead of the
-# committed 300) in out/, made with the committed assets' settings (about an
-# hour on 2 cores from scratch; planner and DAgger episodes are cached in
-# out/pen_standin, so a rerun resumes).
+# A larger pen-binary-v0 stand-in: the embedded one again, with 2,000 noisy
+# BC rollouts instead of the committed 300 (out/pen-binary-v0, about 100 MB;
+# a few minutes on 2 cores). The committed demonstrator policy rewrites the
+# same demos (README, "Stand-in datasets").
 .PHONY: pen-data
-# The embedded pen stand-in again, with 2,000 BC rollouts instead of 300
-# (out/pen-binary-v0, about 100 MB): the committed demonstrator policy
-# rewrites the same demos (README, "Stand-in datasets").
 PEN_DATA_ARGS ?= --num_demos 100 --num_bc_episodes 2000 --seed 0
 pen-data: $(STAMP)
 	$(PY) experiments/make_pen_rl_demos.py --policy_npz iql_acme/data/assets/pen-binary-v0/demonstrator_policy.npz --out out/pen-binary-v0 --work_dir out/pen-binary-v0_work $(PEN_DATA_ARGS)

@@ -59,17 +59,13 @@ from iql_acme import envs
 from iql_acme import networks as networks_lib
 from iql_acme import program
 from iql_acme import run_setup
+from iql_acme import training
 from iql_acme.standin import bc
+from iql_acme.standin import mppi
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 SELECTION_SEED_OFFSET = 2_001_000  # pen_bc_sweep.py's held-out targets
 TRAIN_SEED_OFFSET = 4_000_000      # this script's own training episodes
-# gymnasium-robotics' dense AdroitHandPen reward (adroit_pen.py).
-DENSE_GOAL_DISTANCE = 0.075
-DENSE_NEAR_SIMILARITY, DENSE_NEAR_BONUS = 0.9, 10.0
-DENSE_GOAL_SIMILARITY, DENSE_GOAL_BONUS = 0.95, 50.0
-DENSE_DROP_HEIGHT, DENSE_DROP_PENALTY = 0.075, 5.0
-
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -124,20 +120,10 @@ def parse_args(argv=None):
 
 
 def dense_reward(next_observations, scale):
-  """AdroitHandPen-v1's dense reward, read off the next observation.
-
-  The observation holds the pen's position minus the goal's (39:42), its
-  axis (33:36), the target axis (36:39) and its height (26).
-  """
-  o = np.atleast_2d(next_observations)
-  distance = np.linalg.norm(o[:, 39:42], axis=1)
-  similarity = np.sum(o[:, 33:36] * o[:, 36:39], axis=1)
-  close = distance < DENSE_GOAL_DISTANCE
-  reward = (-distance + similarity
-            + DENSE_NEAR_BONUS * (close & (similarity > DENSE_NEAR_SIMILARITY))
-            + DENSE_GOAL_BONUS * (close & (similarity > DENSE_GOAL_SIMILARITY))
-            - DENSE_DROP_PENALTY * (o[:, 26] < DENSE_DROP_HEIGHT))
-  return (scale * reward).astype(np.float32)
+  """AdroitHandPen-v1's dense reward of each step, from its next observation,
+  times `scale` (float32, one per row)."""
+  return (scale * mppi.pen_dense_reward_from_obs(
+      np.atleast_2d(next_observations))).astype(np.float32)
 
 
 class LayerNormTwinQ(nn.Module):
@@ -221,11 +207,6 @@ def make_update(policy_net, critic_net, optimizer, args, train_critic):
     bc_mse = jnp.mean(jnp.square(mean - batch['actions']))
     return -lam * jnp.mean(q) + bc_mse, (bc_mse, jnp.mean(q))
 
-  def polyak(new, old):
-    return jax.tree_util.tree_map(
-        lambda n, o: args.target_rate * n + (1 - args.target_rate) * o,
-        new, old)
-
   @functools.partial(jax.jit, static_argnums=(4,))
   def update(params, opt_states, batch, key, update_actor):
     params, opt_states = dict(params), dict(opt_states)
@@ -245,10 +226,10 @@ def make_update(policy_net, critic_net, optimizer, args, train_critic):
       params['policy'] = optax.apply_updates(params['policy'], updates)
       metrics.update(bc_mse=bc_mse, q_pi=q_pi)
     if train_critic:
-      params['target'] = {'critic': polyak(params['critic'],
-                                           params['target']['critic']),
-                          'policy': polyak(params['policy'],
-                                           params['target']['policy'])}
+      params['target'] = {
+          part: training.polyak_update(params['target'][part], params[part],
+                                       args.target_rate)
+          for part in ('critic', 'policy')}
     return params, opt_states, metrics
   return update
 

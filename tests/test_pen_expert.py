@@ -33,7 +33,7 @@ def test_dense_reward_is_the_dense_pen_envs_reward():
     observation, reward, _, _, _ = env.step(rng.uniform(-1, 1, 24))
     paid.append(reward)
     relabelled.append(train_pen_expert.dense_reward(observation, 1.0)[0])
-    dropped += observation[26] < train_pen_expert.DENSE_DROP_HEIGHT
+    dropped += observation[26] < train_pen_expert.mppi.DROP_HEIGHT
   assert dropped > 0  # random actions drop the pen: the penalty is checked
   np.testing.assert_allclose(relabelled, paid, atol=1e-5)
   scaled = train_pen_expert.dense_reward(np.stack([observation] * 2), 0.1)
