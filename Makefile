@@ -93,5 +93,12 @@ PEN_DATA_ARGS ?= --num_demos 100 --num_bc_episodes 2000 --seed 0
 pen-data: $(STAMP)
 	$(PY) experiments/make_pen_rl_demos.py --policy_npz iql_acme/data/assets/pen-binary-v0/demonstrator_policy.npz --out out/pen-binary-v0 --work_dir out/pen-binary-v0_work $(PEN_DATA_ARGS)
 
+# Stand-in door-binary-v0 data (MPPI demonstrator, BC on its demos, noisy BC
+# rollouts; about 25 min on 2 cores). Not embedded: out/door-binary-v0.
+.PHONY: door-data
+DOOR_DATA_ARGS ?= --num_demos 50 --num_bc_episodes 300 --seed 0
+door-data: $(STAMP)
+	$(PY) experiments/make_hand_demos.py --env door-binary-v0 --out out/door-binary-v0 --work_dir out/door_standin $(DOOR_DATA_ARGS)
+
 clean:
 	rm -rf $(VENV) $(CORE_VENV)

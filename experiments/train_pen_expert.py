@@ -236,16 +236,17 @@ def make_update(policy_net, critic_net, optimizer, args, train_critic):
 
 def load_run(workdir):
   """(TrainingState of the run's last checkpoint, its online transitions)."""
-  from acme.jax import savers  # pylint: disable=g-import-not-at-top
-  state = program.load_state(workdir)
-  path = os.path.join(program.checkpoint_dir(workdir), state.get('learner', ''))
+  try:
+    state, path = program.load_last_checkpoint(workdir)
+  except ValueError as e:
+    raise SystemExit(f'error: {e}') from e
   online_file = os.path.join(path, program.ONLINE_FILE)
   if not os.path.exists(online_file):
     raise SystemExit(f'error: {workdir} holds no online transitions '
                      f'({online_file}); pass the --workdir of a '
                      'run_finetune.py run that fine-tuned online')
   online, _ = program.load_online_transitions(online_file)
-  return savers.restore_from_path(path), online
+  return state, online
 
 
 def as_numpy_policy(policy_params):

@@ -181,15 +181,20 @@ def load_state(workdir: str) -> dict:
     return json.load(f)
 
 
-def load_checkpoint_policy(workdir: str) -> Tuple[object, int]:
-  """(policy parameters, learner step) of the run's last checkpoint."""
+def load_last_checkpoint(workdir: str) -> Tuple[object, str]:
+  """(TrainingState, folder) of the run's last learner checkpoint."""
   state = load_state(workdir)
   path = os.path.join(checkpoint_dir(workdir), state.get('learner', ''))
   if not state or not os.path.exists(os.path.join(path, 'array_nest')):
     raise ValueError(f'{workdir} holds no learner checkpoint '
                      f'({checkpoint_dir(workdir)}/{STATE_FILE}); pass the '
                      '--workdir of a run_finetune.py run')
-  training_state = savers.restore_from_path(path)
+  return savers.restore_from_path(path), path
+
+
+def load_checkpoint_policy(workdir: str) -> Tuple[object, int]:
+  """(policy parameters, learner step) of the run's last checkpoint."""
+  training_state, _ = load_last_checkpoint(workdir)
   return training_state.policy_params, int(training_state.steps)
 
 

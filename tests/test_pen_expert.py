@@ -119,3 +119,9 @@ def test_a_run_without_online_data_is_one_clear_error(tmp_path):
   with pytest.raises(SystemExit, match='^error: .*holds no online transitions'):
     train_pen_expert.main(['--policy_workdir', str(tmp_path), '--out',
                            str(tmp_path / 'o')])
+
+
+def test_a_folder_without_a_checkpoint_is_one_clear_error(tmp_path):
+  with pytest.raises(SystemExit, match='^error: .*holds no learner checkpoint'):
+    train_pen_expert.main(['--policy_workdir', str(tmp_path), '--out',
+                           str(tmp_path / 'o')])
