@@ -43,7 +43,6 @@ import numpy as np
 from tqdm import tqdm
 
 from iql_acme import envs
-from iql_acme import evaluation
 from iql_acme.standin import awac_format
 from iql_acme.standin import bc
 from iql_acme.standin import hand_costs
@@ -345,27 +344,11 @@ def main(argv=None):
                                            bc_config)
   trained_on = ('the demos alone' if not args.dagger_rounds else
                 f'the demos and {args.dagger_rounds} DAgger rounds\' labels')
-  fits = []
-  for bc_seed in args.bc_seeds:
-    fitted = bc.fit_bc(inputs, targets, bc_config, seed=bc_seed,
-                       log_fn=lambda _: None)
-    fits.append({'bc_seed': bc_seed, **evaluate_policy(
-        env, args.env, bc.bc_policy(fitted), eval_seeds)})
-    print(f'BC (seed {bc_seed}) on {trained_on}: success '
-          f'{fits[-1]["success_rate"]:.2f} +- '
-          f'{fits[-1]["standard_error"]:.2f} over {len(eval_seeds)} fresh '
-          'targets', flush=True)
-    if len(fits) == 1:
-      params = fitted
-      np.savez(os.path.join(args.work_dir, 'bc_params.npz'), **params)
-  rates = [f['success_rate'] for f in fits]
-  gate = {'success_rate': float(np.mean(rates)),
-          'standard_error': evaluation.standard_error(rates),
-          'fits': len(fits)}
-  passed = gate['success_rate'] >= args.gate
-  print(f'BC on {trained_on}, mean of {len(fits)} fits: '
-        f'{gate["success_rate"]:.2f} +- {gate["standard_error"]:.2f} (gate '
-        f'{args.gate}: {"passed" if passed else "failed"})', flush=True)
+  params, fits, gate, passed = bc.gated_fits(
+      inputs, targets, bc_config, args.bc_seeds,
+      lambda policy: evaluate_policy(env, args.env, policy, eval_seeds),
+      args.gate, trained_on, log_fn=lambda m: print(m, flush=True))
+  np.savez(os.path.join(args.work_dir, 'bc_params.npz'), **params)
 
   bc_paths, bc_rows, bc_actions = [], [], []
   stale = os.path.join(args.out, bc_file)

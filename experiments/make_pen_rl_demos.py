@@ -46,7 +46,6 @@ import numpy as np
 from tqdm import tqdm
 
 from iql_acme import envs
-from iql_acme import evaluation
 from iql_acme import program
 from iql_acme.standin import awac_format
 from iql_acme.standin import bc
@@ -195,29 +194,12 @@ def main(argv=None):
                                   input_noise=args.bc_input_noise)
   inputs = np.concatenate([e['observations'][:-1] for e in demos])
   targets = np.concatenate([e['actions'] for e in demos])
-  fits = []  # One BC fit per --bc_seeds entry; the first one is rolled out.
-  for bc_seed in args.bc_seeds:
-    fitted = bc.fit_bc(inputs, targets, bc_config, seed=bc_seed,
-                       log_fn=lambda _: None)
-    fits.append({'bc_seed': bc_seed, **pen.evaluate_policy(
-        env, bc.bc_policy(fitted), eval_seeds)})
-    print(f'BC (seed {bc_seed}) on the {len(demos)} demos alone: success '
-          f'{fits[-1]["success_rate"]:.2f} +- '
-          f'{fits[-1]["standard_error"]:.2f} over {len(eval_seeds)} fresh '
-          'targets', flush=True)
-    if len(fits) == 1:
-      params = fitted
-      np.savez(os.path.join(args.work_dir, 'bc_params.npz'), **params)
-  # The gate takes the mean over BC fits: a single fit moves by about 10
-  # points with its seed alone (pen_bc_sweep.py).
-  rates = [f['success_rate'] for f in fits]
-  gate = {'success_rate': float(np.mean(rates)),
-          'standard_error': evaluation.standard_error(rates),
-          'fits': len(fits)}
-  passed = gate['success_rate'] >= args.gate
-  print(f'BC on the demos alone, mean of {len(fits)} fits: '
-        f'{gate["success_rate"]:.2f} +- {gate["standard_error"]:.2f} (gate '
-        f'{args.gate}: {"passed" if passed else "failed"})', flush=True)
+  # One BC fit per --bc_seeds entry; the first one is rolled out.
+  params, fits, gate, passed = bc.gated_fits(
+      inputs, targets, bc_config, args.bc_seeds,
+      lambda policy: pen.evaluate_policy(env, policy, eval_seeds), args.gate,
+      f'the {len(demos)} demos alone', log_fn=lambda m: print(m, flush=True))
+  np.savez(os.path.join(args.work_dir, 'bc_params.npz'), **params)
 
   bc_paths, bc_rows, bc_actions = [], [], []
   if passed and args.num_bc_episodes:

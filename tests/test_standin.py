@@ -577,3 +577,33 @@ def test_pen_bc_probes_missing_round_is_one_clear_error(tmp_path):
                         '--dagger_dir', dagger_dir, '--num_demos', '2',
                         '--rounds', '2', '--out', str(tmp_path / 'x.json')])
   assert not os.path.exists(tmp_path / 'x.json')
+
+
+def test_gated_fits_take_the_mean_over_seeds_and_return_the_first_fit():
+  rng = np.random.default_rng(0)
+  inputs = rng.normal(size=(32, 3)).astype(np.float32)
+  targets = rng.uniform(-1, 1, (32, 2)).astype(np.float32)
+  config = bc.BCConfig(num_steps=3, batch_size=8)
+  rates = iter([0.2, 0.6, 0.7])
+  policies = []
+
+  def evaluate(policy):
+    policies.append(policy)
+    return {'episodes': 10, 'success_rate': next(rates),
+            'standard_error': 0.1}
+
+  lines = []
+  params, fits, gate, passed = bc.gated_fits(
+      inputs, targets, config, [4, 5, 6], evaluate, 0.5, 'demos',
+      log_fn=lines.append)
+  assert [f['bc_seed'] for f in fits] == [4, 5, 6]
+  assert gate['success_rate'] == pytest.approx(0.5) and passed
+  assert gate['standard_error'] == pytest.approx(np.std([.2, .6, .7], ddof=1)
+                                                 / np.sqrt(3))
+  first = bc.fit_bc(inputs, targets, config, seed=4, log_fn=lambda _: None)
+  assert all(np.array_equal(params[k], first[k]) for k in first)
+  assert lines[-1].endswith('(gate 0.5: passed)')
+  _, _, _, passed = bc.gated_fits(inputs, targets, config, [4], lambda p: {
+      'episodes': 10, 'success_rate': 0.4, 'standard_error': 0.1}, 0.5,
+                                  'demos', log_fn=lines.append)
+  assert not passed

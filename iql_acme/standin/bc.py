@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from iql_acme import evaluation
+
 _STD_FLOOR = 1e-3  # observation dims that never vary are left unscaled
 
 
@@ -98,3 +100,34 @@ def bc_policy(params: Dict[str, np.ndarray]) -> Callable[[np.ndarray],
     return _forward(layers, x, xp=np)
 
   return policy
+
+
+def gated_fits(inputs: np.ndarray, targets: np.ndarray, config: BCConfig,
+               seeds: Sequence[int],
+               evaluate: Callable[[Callable[[np.ndarray], np.ndarray]], dict],
+               threshold: float, what: str,
+               log_fn: Callable[[str], None] = print):
+  """One BC fit per seed, each scored by `evaluate(policy)`; the gate.
+
+  The gate takes the mean success over fits: a single fit moves by about 10
+  points with its seed alone (experiments/pen_bc_sweep.py). Returns (the
+  first fit's parameters, per-fit results, the gate's dict, passed).
+  """
+  fits, first = [], None
+  for seed in seeds:
+    fitted = fit_bc(inputs, targets, config, seed=seed, log_fn=lambda _: None)
+    first = fitted if first is None else first
+    fits.append({'bc_seed': seed, **evaluate(bc_policy(fitted))})
+    log_fn(f'BC (seed {seed}) on {what}: success '
+           f'{fits[-1]["success_rate"]:.2f} +- '
+           f'{fits[-1]["standard_error"]:.2f} over {fits[-1]["episodes"]} '
+           'fresh targets')
+  rates = [f['success_rate'] for f in fits]
+  gate = {'success_rate': float(np.mean(rates)),
+          'standard_error': evaluation.standard_error(rates),
+          'fits': len(fits)}
+  passed = gate['success_rate'] >= threshold
+  log_fn(f'BC on {what}, mean of {len(fits)} fits: '
+         f'{gate["success_rate"]:.2f} +- {gate["standard_error"]:.2f} (gate '
+         f'{threshold}: {"passed" if passed else "failed"})')
+  return first, fits, gate, passed
