@@ -93,12 +93,14 @@ PEN_DATA_ARGS ?= --num_demos 100 --num_bc_episodes 2000 --seed 0
 pen-data: $(STAMP)
 	$(PY) experiments/make_pen_rl_demos.py --policy_npz iql_acme/data/assets/pen-binary-v0/demonstrator_policy.npz --out out/pen-binary-v0 --work_dir out/pen-binary-v0_work $(PEN_DATA_ARGS)
 
-# Stand-in door-binary-v0 data (MPPI demonstrator, BC on its demos, noisy BC
-# rollouts; about 25 min on 2 cores). Not embedded: out/door-binary-v0.
+# Stand-in door-binary-v0 data: 50 demos of the committed RL-trained door
+# demonstrator, BC on them (the gate), 300 noisy BC rollouts; about 3 min on
+# 2 cores, 33 MB, so not embedded: out/door-binary-v0. Run with
+# --env=door-binary-v0 --dataset=out/door-binary-v0.
 .PHONY: door-data
-DOOR_DATA_ARGS ?= --num_demos 50 --num_bc_episodes 300 --seed 0
+DOOR_DATA_ARGS ?= --num_demos 50 --max_episodes 200 --num_bc_episodes 300 --seed 0
 door-data: $(STAMP)
-	$(PY) experiments/make_hand_demos.py --env door-binary-v0 --out out/door-binary-v0 --work_dir out/door_standin $(DOOR_DATA_ARGS)
+	$(PY) experiments/make_hand_demos.py --env door-binary-v0 --policy_npz iql_acme/standin/demonstrators/door-binary-v0.npz --out out/door-binary-v0 --work_dir out/door-binary-v0_work $(DOOR_DATA_ARGS)
 
 clean:
 	rm -rf $(VENV) $(CORE_VENV)

@@ -42,9 +42,12 @@ def resolve_dataset_source(env_name: str, dataset: Optional[str]) -> str:
     return embedded
   if envs.is_binary_task(env_name):
     task = env_name.split('-')[0]
+    standin = (' (`make door-data` writes a stand-in to out/door-binary-v0)'
+               if task == 'door' else '')
     raise ValueError(
         f'no dataset for {env_name}: pass --dataset=DIR holding the AWAC files '
-        f'{task}2_sparse.npy and {task}_bc_sparse4.npy (or a path to one)')
+        f'{task}2_sparse.npy and {task}_bc_sparse4.npy (or a path to one)'
+        + standin)
   return env_name  # A D4RL name: found in the D4RL cache or downloaded.
 
 

@@ -225,3 +225,29 @@ def test_a_policy_demonstrates_and_is_kept_beside_the_data(tmp_path,
   assert all(np.array_equal(kept[k], params[k]) for k in params)
   meta = json.loads((out / 'meta.json').read_text())
   assert meta['demonstrator']['kind'].startswith('deterministic MLP policy')
+
+
+def test_door_without_a_dataset_points_at_make_door_data():
+  from iql_acme import run_setup  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='make door-data'):
+    run_setup.resolve_dataset_source('door-binary-v0', None)
+  with pytest.raises(ValueError) as error:
+    run_setup.resolve_dataset_source('relocate-binary-v0', None)
+  assert 'relocate2_sparse.npy' in str(error.value)
+  assert 'make door-data' not in str(error.value)
+  # The pen has its stand-in embedded; a given path is used as it is.
+  assert run_setup.resolve_dataset_source('pen-binary-v0', None).endswith(
+      os.path.join('assets', 'pen-binary-v0'))
+  assert run_setup.resolve_dataset_source('door-binary-v0', 'x/y') == 'x/y'
+
+
+def test_the_committed_door_demonstrator_is_a_bc_format_policy():
+  from iql_acme.standin import bc  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(hand_costs.__file__), 'demonstrators',
+                      'door-binary-v0.npz')
+  policy = bc.bc_policy(dict(np.load(path)))
+  env = envs.make_gymnasium_env('door-binary-v0', seed=0)
+  observation, _ = env.reset(seed=0)
+  action = policy(observation)
+  assert action.shape == env.action_space.shape
+  assert np.all(np.abs(action) <= 1.0)
