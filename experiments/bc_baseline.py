@@ -55,9 +55,7 @@ def parse_args(argv=None):
   if args.policy and not os.path.isfile(args.policy):
     parser.error(f'--policy {args.policy} is not a file: pass the .npz that '
                  'make_pen_demos.py wrote (bc_params_final.npz)')
-  for flag in ('bc_steps', 'eval_episodes'):
-    if getattr(args, flag) < 1:
-      parser.error(f'--{flag} must be at least 1, got {getattr(args, flag)}')
+  cli.require_at_least(parser, args, ('bc_steps', 'eval_episodes'))
   return args
 
 

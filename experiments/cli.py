@@ -22,3 +22,12 @@ def _list_of(kind, what: str):
 
 int_list = _list_of(int, 'integers')
 float_list = _list_of(float, 'numbers')
+
+
+def require_at_least(parser: argparse.ArgumentParser, args, flags,
+                     least: int = 1):
+  """argparse's one-line error for the first of `flags` below `least`."""
+  for flag in flags:
+    if getattr(args, flag) < least:
+      parser.error(f'--{flag} must be at least {least}, got '
+                   f'{getattr(args, flag)}')

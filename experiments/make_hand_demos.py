@@ -87,10 +87,9 @@ def parse_args(argv=None):
                       default='0.1,0.2,0.3,0.5')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
-  for flag in ('num_demos', 'num_workers', 'num_samples', 'horizon',
-               'bc_steps', 'num_eval_episodes'):
-    if getattr(args, flag) < 1:
-      parser.error(f'--{flag} must be at least 1, got {getattr(args, flag)}')
+  cli.require_at_least(parser, args, ('num_demos', 'num_workers',
+                                      'num_samples', 'horizon', 'bc_steps',
+                                      'num_eval_episodes'))
   if args.max_episodes is None:
     args.max_episodes = 2 * args.num_demos
   if args.max_episodes < args.num_demos:

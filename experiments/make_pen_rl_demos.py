@@ -87,9 +87,8 @@ def parse_args(argv=None):
                       help='Gaussian action noise of BC rollouts, cycled')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
-  for flag in ('num_demos', 'bc_steps', 'num_eval_episodes'):
-    if getattr(args, flag) < 1:
-      parser.error(f'--{flag} must be at least 1, got {getattr(args, flag)}')
+  cli.require_at_least(parser, args,
+                       ('num_demos', 'bc_steps', 'num_eval_episodes'))
   if args.max_demo_episodes is None:
     args.max_demo_episodes = 5 * args.num_demos
   if args.max_demo_episodes < args.num_demos:

@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import cli
 import jax.numpy as jnp
 import make_hand_demos as hand
 import make_pen_demos as pen
@@ -67,22 +68,14 @@ def parse_args(argv=None):
   parser.add_argument('--online_steps', type=int, default=100_000)
   parser.add_argument('--critic_warmup', type=int, default=20_000)
   parser.add_argument('--exploration_noise', type=float, default=0.1)
-  parser.add_argument('--learning_rate', type=float, default=3e-4)
-  parser.add_argument('--batch_size', type=int, default=256)
-  parser.add_argument('--reward_scale', type=float, default=0.1)
-  parser.add_argument('--discount', type=float, default=0.99)
-  parser.add_argument('--policy_delay', type=int, default=2)
-  parser.add_argument('--target_noise', type=float, default=0.2)
-  parser.add_argument('--target_noise_clip', type=float, default=0.5)
-  parser.add_argument('--target_rate', type=float, default=0.005)
+  expert.add_td3_flags(parser)
   parser.add_argument('--eval_every', type=int, default=10_000)
   parser.add_argument('--eval_episodes', type=int, default=50)
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
-  for flag in ('online_steps', 'eval_every', 'eval_episodes', 'batch_size',
-               'policy_delay'):
-    if getattr(args, flag) < 1:
-      parser.error(f'--{flag} must be at least 1, got {getattr(args, flag)}')
+  cli.require_at_least(parser, args, ('online_steps', 'eval_every',
+                                      'eval_episodes', 'batch_size',
+                                      'policy_delay'))
   if args.critic_warmup < 0:
     parser.error(f'--critic_warmup must be >= 0, got {args.critic_warmup}')
   if not os.path.isfile(args.bc_params):

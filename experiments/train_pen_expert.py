@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import cli
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -67,6 +68,19 @@ from iql_acme.standin import mppi
 SELECTION_SEED_OFFSET = 2_001_000  # pen_bc_sweep.py's held-out targets
 TRAIN_SEED_OFFSET = 4_000_000      # this script's own training episodes
 
+def add_td3_flags(parser):
+  """TD3's settings (Fujimoto et al. 2018), shared with train_hand_expert."""
+  parser.add_argument('--learning_rate', type=float, default=3e-4)
+  parser.add_argument('--batch_size', type=int, default=256)
+  parser.add_argument('--reward_scale', type=float, default=0.1,
+                      help='times the dense reward')
+  parser.add_argument('--discount', type=float, default=0.99)
+  parser.add_argument('--policy_delay', type=int, default=2)
+  parser.add_argument('--target_noise', type=float, default=0.2)
+  parser.add_argument('--target_noise_clip', type=float, default=0.5)
+  parser.add_argument('--target_rate', type=float, default=0.005)
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--policy_workdir', required=True,
@@ -84,27 +98,19 @@ def parse_args(argv=None):
   parser.add_argument('--updates_per_step', type=int, default=1)
   parser.add_argument('--exploration_noise', type=float, default=0.1)
   parser.add_argument('--critic_warmup', type=int, default=10_000)
-  parser.add_argument('--learning_rate', type=float, default=3e-4)
-  parser.add_argument('--batch_size', type=int, default=256)
   parser.add_argument('--offline_fraction', type=float, default=0.25,
                       help='share of the run\'s data drawn from its offline '
                       'dataset (the rest from its online transitions)')
-  parser.add_argument('--reward_scale', type=float, default=0.1)
-  parser.add_argument('--discount', type=float, default=0.99)
-  parser.add_argument('--policy_delay', type=int, default=2)
-  parser.add_argument('--target_noise', type=float, default=0.2)
-  parser.add_argument('--target_noise_clip', type=float, default=0.5)
-  parser.add_argument('--target_rate', type=float, default=0.005)
+  add_td3_flags(parser)
   parser.add_argument('--eval_every', type=int, default=10_000)
   parser.add_argument('--eval_episodes', type=int, default=100)
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
   if args.updates is None:
     args.updates = args.critic_warmup + 10_000
-  for flag in ('updates_per_step', 'eval_every', 'eval_episodes',
-               'batch_size', 'policy_delay', 'updates'):
-    if getattr(args, flag) < 1:
-      parser.error(f'--{flag} must be at least 1, got {getattr(args, flag)}')
+  cli.require_at_least(parser, args, ('updates_per_step', 'eval_every',
+                                      'eval_episodes', 'batch_size',
+                                      'policy_delay', 'updates'))
   if args.online_steps < 0 or args.critic_warmup < 0:
     parser.error('--online_steps and --critic_warmup must be >= 0')
   if not 0.0 <= args.offline_fraction <= 1.0:
