@@ -45,6 +45,8 @@ import plot_run
 
 RUN_FINETUNE = os.path.join(REPO, 'launch', 'run_finetune.py')
 TRAIN_OFFLINE = os.path.join(REPO, 'experiments', 'train_offline.py')
+# IQL hyperparameters both arms take from the flags (None: the preset).
+IQL_FLAGS = ('expectile', 'temperature')
 FINETUNE_EVAL_CSV = os.path.join('logs', 'evaluator.csv')
 CONTROL_EVAL_CSV = 'eval.csv'
 SCORE = 'normalized_score'
@@ -70,6 +72,10 @@ def parse_args(argv=None):
                       default=evaluation.DEFAULT_EVAL_EPISODES)
   parser.add_argument('--num_actors', type=int, default=2)
   parser.add_argument('--batch_size', type=int, default=None)
+  parser.add_argument('--expectile', type=float, default=None,
+                      help="IQL's tau for both arms (default: the preset's)")
+  parser.add_argument('--temperature', type=float, default=None,
+                      help="IQL's beta for both arms (default: the preset's)")
   parser.add_argument('--lp_launch_type', default='local_mp')
   args = parser.parse_args(argv)
   if not args.seeds:
@@ -85,7 +91,9 @@ def run_config(args):
   from iql_acme import run_setup  # pylint: disable=g-import-not-at-top
   return run_setup.make_config(args.env, offline_steps=args.offline_steps,
                                online_steps=args.online_steps,
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size,
+                               expectile=args.expectile,
+                               temperature=args.temperature)
 
 
 def finetune_command(args, seed: int, workdir: str) -> List[str]:
@@ -99,7 +107,7 @@ def finetune_command(args, seed: int, workdir: str) -> List[str]:
              f'--final_eval_episodes={args.eval_episodes}',
              f'--num_actors={args.num_actors}',
              f'--lp_launch_type={args.lp_launch_type}']
-  for flag in ('dataset', 'offline_steps', 'batch_size'):
+  for flag in ('dataset', 'offline_steps', 'batch_size') + IQL_FLAGS:
     if getattr(args, flag) is not None:
       command.append(f'--{flag}={getattr(args, flag)}')
   return command
@@ -116,7 +124,9 @@ def control_command(args, config, dataset: str, seed: int,
           '--seed', str(seed),
           '--eval_every', str(args.eval_every),
           '--eval_episodes', str(args.eval_episodes),
-          '--batch_size', str(config.batch_size)]
+          '--batch_size', str(config.batch_size),
+          '--expectile', str(config.expectile),
+          '--temperature', str(config.temperature)]
 
 
 def run(command: Sequence[str], what: str):

@@ -115,6 +115,11 @@ def parse_args(argv=None):
                      help='comma-separated seeds trained together (vmap); '
                      'outputs in --out/seed_<i>/')
   parser.add_argument('--batch_size', type=int, default=256)
+  parser.add_argument('--expectile', type=float, default=None,
+                      help="IQL's tau, in (0, 1) (default: the preset's)")
+  parser.add_argument('--temperature', type=float, default=None,
+                      help="IQL's beta, >= 0; 0 is behavioural cloning "
+                      "(default: the preset's)")
   args = parser.parse_args(argv)
   for flag in ('steps', 'offline_steps'):
     if getattr(args, flag) is not None and getattr(args, flag) <= 0:
@@ -244,9 +249,13 @@ def main(argv=None):
 
   overrides = dict(batch_size=args.batch_size,
                    offline_steps_per_call=steps_per_call(args.eval_every))
-  if args.offline_steps is not None:
-    overrides['offline_steps'] = args.offline_steps
-  config = config_for_domain(domain, **overrides)
+  for flag in ('offline_steps', 'expectile', 'temperature'):
+    if getattr(args, flag) is not None:
+      overrides[flag] = getattr(args, flag)
+  try:
+    config = config_for_domain(domain, **overrides)
+  except ValueError as e:
+    fail(f'--{e}')
   total_steps = args.steps or config.offline_steps
   dirs = seed_dirs(args.out, seeds, multi_seed)
   for d in dirs:

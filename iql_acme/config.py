@@ -54,6 +54,16 @@ class IQLConfig:
   rate_limit_tolerance_steps: int = 256
   variable_update_period: int = 100  # actor parameter refresh, in actor steps
 
+  def __post_init__(self):
+    # expectile 0.5 is mean regression (SARSA); 1 would be the max, which
+    # the asymmetric loss cannot reach. temperature 0 weights every action
+    # alike: the actor loss becomes plain behavioural cloning.
+    if not 0 < self.expectile < 1:
+      raise ValueError(f'expectile (tau) must be in (0, 1), got {self.expectile}')
+    if not self.temperature >= 0:
+      raise ValueError(
+          f'temperature (beta) must be >= 0, got {self.temperature}')
+
 
 def _preset(**overrides) -> IQLConfig:
   return IQLConfig(**overrides)

@@ -685,6 +685,7 @@ class EvaluatorNode:
         'final_eval': final,
         GAIN_KEY: gain,
         'wall_time_s': time.time() - self._start,
+        'config': dataclasses.asdict(config),
     }
     _write_json_atomically(os.path.join(self._run.workdir, SUMMARY_FILE),
                            summary)

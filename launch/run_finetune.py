@@ -75,6 +75,12 @@ _ONLINE_FRACTION = flags.DEFINE_float(
     'uniform pool of offline and online data.')
 _EXPLORATION_NOISE = flags.DEFINE_float(
     'exploration_noise', None, 'Std of Gaussian action noise (preset).')
+_EXPECTILE = flags.DEFINE_float(
+    'expectile', None, "IQL's expectile tau, in (0, 1) (default: the "
+    "domain preset's, iql_acme/config.py).")
+_TEMPERATURE = flags.DEFINE_float(
+    'temperature', None, "IQL's inverse temperature beta of the advantage "
+    "weights, >= 0; 0 is behavioural cloning (default: the domain preset's).")
 _ACTOR_NICENESS = flags.DEFINE_integer(
     'actor_niceness', 10, 'Niceness added to actor and evaluator processes, '
     '0-19: on shared CPUs the learner gets them first (ignored by local_mt, '
@@ -198,7 +204,8 @@ def main(_):
         online_steps=_ONLINE_STEPS.value, batch_size=_BATCH_SIZE.value,
         updates_per_env_step=_UPDATES_PER_ENV_STEP.value,
         online_fraction=_ONLINE_FRACTION.value,
-        exploration_noise=_EXPLORATION_NOISE.value)
+        exploration_noise=_EXPLORATION_NOISE.value,
+        expectile=_EXPECTILE.value, temperature=_TEMPERATURE.value)
     if _finished_run(workdir, config):
       print(f'finished: {workdir} already holds a run of '
             f'{config.online_steps} online steps (summary.json); pass a '

@@ -19,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFLINE_STEPS = 300
 ONLINE_STEPS = 600
 NUM_ACTORS = 2
+TEMPERATURE = 2.0  # Not the preset's 3: the flag must reach the config.
 FINAL_EVAL_EPISODES = 3  # The offline-end and final evaluations'.
 RATIO_TOLERANCE = 0.10
 RUN_TIMEOUT_S = 420
@@ -58,6 +59,7 @@ def finetune_args(dataset, online_steps):
           f'--online_steps={online_steps}', f'--num_actors={NUM_ACTORS}',
           '--eval_every=200', '--eval_episodes=1',
           f'--final_eval_episodes={FINAL_EVAL_EPISODES}', '--batch_size=64',
+          f'--temperature={TEMPERATURE}',
           '--log_every=1']  # Rows in every phase, however short.
 
 
@@ -140,6 +142,10 @@ def test_summary_gives_the_paired_finetuning_gain(local_mp_run):
   assert summary['offline_end_eval'] == offline_end['eval']
   assert summary['offline_end_eval']['normalized_score'] == pytest.approx(
       by_phase['offline_end'])
+  # The config the run trained with: the preset and the flags' overrides.
+  assert summary['config']['temperature'] == TEMPERATURE
+  assert summary['config']['expectile'] == 0.8  # hand_finetune's.
+  assert summary['config']['batch_size'] == 64
 
 
 def test_launcher_prints_the_result_line(local_mp_run):

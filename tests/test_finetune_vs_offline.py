@@ -160,3 +160,24 @@ def test_bad_flags(tmp_path, capsys, argv, message):
     fvo.parse_args(['--out', str(tmp_path), *argv])
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err
+
+
+def test_both_arms_get_the_flags_iql_hyperparameters(tmp_path):
+  args = fvo.parse_args(['--out', str(tmp_path), '--offline_steps',
+                         str(OFFLINE), '--temperature', '1.5'])
+  config = fvo.run_config(args)
+  assert (config.temperature, config.expectile) == (1.5, 0.8)  # 0.8: preset.
+  control = fvo.control_command(args, config, 'DATA', 0, 'OUT')
+  flag = lambda name: control[control.index(name) + 1]  # pylint: disable=unnecessary-lambda-assignment
+  assert (flag('--temperature'), flag('--expectile')) == ('1.5', '0.8')
+  finetune = fvo.finetune_command(args, 0, 'WORKDIR')
+  assert '--temperature=1.5' in finetune
+  # Unset, the launcher takes the preset: the value the control is given.
+  assert not any(a.startswith('--expectile') for a in finetune)
+
+
+def test_out_of_range_hyperparameter_is_one_line_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    fvo.main(['--out', str(tmp_path), '--expectile', '2'])
+  assert 'expectile (tau) must be in (0, 1), got 2.0' in str(exit_info.value)
+  assert not os.listdir(tmp_path)  # Nothing launched, nothing written.

@@ -38,7 +38,8 @@ def test_train_offline_writes_logs_evaluations_and_curve(
   train_offline.main([
       '--env', 'pen-binary-v0', '--dataset', pen_random_npz, '--out', out,
       '--steps', str(STEPS), '--eval_every', str(EVAL_EVERY),
-      '--eval_episodes', '1', '--batch_size', '32', '--seed', '1'])
+      '--eval_episodes', '1', '--batch_size', '32', '--seed', '1',
+      '--expectile', '0.6'])
   stdout = capsys.readouterr().out
   assert 'updates/s' in stdout and 'ETA' in stdout
 
@@ -67,6 +68,8 @@ def test_train_offline_writes_logs_evaluations_and_curve(
     summary = json.load(f)
   assert summary['steps'] == STEPS and summary['domain'] == 'hand_finetune'
   assert summary['config']['batch_size'] == 32
+  assert summary['config']['expectile'] == 0.6  # The flag's, not the preset's.
+  assert summary['config']['temperature'] == 3.0  # hand_finetune's.
   assert summary['final_eval']['learner_steps'] == STEPS
   _assert_png(os.path.join(out, 'learning_curve.png'))
 
@@ -150,6 +153,8 @@ def test_seeds_train_together_and_summarise_across_seeds(
     (['--seeds', '1,1'], '--seeds'),
     (['--offline_steps', '-5'], '--offline_steps'),
     (['--seed', '1', '--seeds', '2,3'], '--seeds'),
+    (['--expectile', '1'], '--expectile (tau) must be in (0, 1)'),
+    (['--temperature', '-2'], '--temperature (beta) must be >= 0'),
 ])
 def test_bad_flags_one_line_error_exit_2(pen_random_npz, tmp_path, capsys,
                                          flags, message):

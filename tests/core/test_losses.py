@@ -129,3 +129,9 @@ def test_actor_loss_does_not_differentiate_through_weights():
                                                                     weights)
   np.testing.assert_allclose(grad_log_prob, -weights / 2)
   np.testing.assert_array_equal(grad_weights, 0.)
+
+
+def test_zero_temperature_weights_every_action_alike():
+  # beta = 0 (allowed by IQLConfig): the actor loss is plain BC's.
+  advantage = jnp.array([-5., 0., 0.3, 40.])
+  np.testing.assert_array_equal(losses.awr_weights(advantage, 0., 100.), 1.)

@@ -318,3 +318,16 @@ def test_mix_batches_fixed_mode_exact_count(size, fraction):
   n_online = int(np.sum(np.asarray(mixed.rewards) == 1.0))
   assert n_online == round(fraction * size)
   np.testing.assert_allclose(got, n_online / size)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(expectile=1.0), 'expectile (tau) must be in (0, 1), got 1.0'),
+    (dict(expectile=0.0), 'expectile (tau) must be in (0, 1), got 0.0'),
+    (dict(temperature=-0.5), 'temperature (beta) must be >= 0, got -0.5'),
+    (dict(temperature=float('nan')), 'temperature (beta) must be >= 0'),
+])
+def test_config_rejects_out_of_range_iql_hyperparameters(overrides, message):
+  with pytest.raises(ValueError) as error:
+    IQLConfig(**overrides)
+  assert message in str(error.value)
+  IQLConfig(expectile=0.5, temperature=0.)  # SARSA values, BC actor: valid.
