@@ -46,7 +46,7 @@ import plot_run
 RUN_FINETUNE = os.path.join(REPO, 'launch', 'run_finetune.py')
 TRAIN_OFFLINE = os.path.join(REPO, 'experiments', 'train_offline.py')
 # IQL hyperparameters both arms take from the flags (None: the preset).
-IQL_FLAGS = ('expectile', 'temperature')
+IQL_FLAGS = ('expectile', 'temperature', 'online_actor_learning_rate')
 FINETUNE_EVAL_CSV = os.path.join('logs', 'evaluator.csv')
 CONTROL_EVAL_CSV = 'eval.csv'
 SCORE = 'normalized_score'
@@ -76,6 +76,9 @@ def parse_args(argv=None):
                       help="IQL's tau for both arms (default: the preset's)")
   parser.add_argument('--temperature', type=float, default=None,
                       help="IQL's beta for both arms (default: the preset's)")
+  parser.add_argument('--online_actor_learning_rate', type=float,
+                      default=None, help="the actor's rate after the "
+                      'offline phase, both arms (default: the offline rate)')
   parser.add_argument('--lp_launch_type', default='local_mp')
   args = parser.parse_args(argv)
   if not args.seeds:
@@ -92,8 +95,7 @@ def run_config(args):
   return run_setup.make_config(args.env, offline_steps=args.offline_steps,
                                online_steps=args.online_steps,
                                batch_size=args.batch_size,
-                               expectile=args.expectile,
-                               temperature=args.temperature)
+                               **{f: getattr(args, f) for f in IQL_FLAGS})
 
 
 def finetune_command(args, seed: int, workdir: str) -> List[str]:
@@ -125,8 +127,8 @@ def control_command(args, config, dataset: str, seed: int,
           '--eval_every', str(args.eval_every),
           '--eval_episodes', str(args.eval_episodes),
           '--batch_size', str(config.batch_size),
-          '--expectile', str(config.expectile),
-          '--temperature', str(config.temperature)]
+          *[x for f in IQL_FLAGS if getattr(config, f) is not None
+            for x in (f'--{f}', str(getattr(config, f)))]]
 
 
 def run(command: Sequence[str], what: str):

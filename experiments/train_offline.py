@@ -120,6 +120,9 @@ def parse_args(argv=None):
   parser.add_argument('--temperature', type=float, default=None,
                       help="IQL's beta, >= 0; 0 is behavioural cloning "
                       "(default: the preset's)")
+  parser.add_argument('--online_actor_learning_rate', type=float,
+                      default=None, help="the actor's rate after "
+                      "--offline_steps (default: the offline rate)")
   args = parser.parse_args(argv)
   for flag in ('steps', 'offline_steps'):
     if getattr(args, flag) is not None and getattr(args, flag) <= 0:
@@ -249,7 +252,8 @@ def main(argv=None):
 
   overrides = dict(batch_size=args.batch_size,
                    offline_steps_per_call=steps_per_call(args.eval_every))
-  for flag in ('offline_steps', 'expectile', 'temperature'):
+  for flag in ('offline_steps', 'expectile', 'temperature',
+               'online_actor_learning_rate'):
     if getattr(args, flag) is not None:
       overrides[flag] = getattr(args, flag)
   try:

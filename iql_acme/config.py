@@ -23,6 +23,8 @@ class IQLConfig:
   value_learning_rate: float = 3e-4
   actor_learning_rate: float = 3e-4
   actor_cosine_decay: bool = True
+  # The actor's rate once the offline phase ends; None: actor_learning_rate.
+  online_actor_learning_rate: Optional[float] = None
   batch_size: int = 256
   # Offline phase, sampled on device from the pre-loaded dataset.
   offline_steps: int = 1_000_000
@@ -63,6 +65,10 @@ class IQLConfig:
     if not self.temperature >= 0:
       raise ValueError(
           f'temperature (beta) must be >= 0, got {self.temperature}')
+    if (self.online_actor_learning_rate is not None and
+        not self.online_actor_learning_rate >= 0):
+      raise ValueError('online_actor_learning_rate must be >= 0, got '
+                       f'{self.online_actor_learning_rate}')
 
 
 def _preset(**overrides) -> IQLConfig:

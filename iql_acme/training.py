@@ -51,15 +51,19 @@ def actor_learning_rate(config: IQLConfig) -> optax.Schedule:
 
   Decaying to zero and staying there would freeze the policy during
   fine-tuning; the original IQL fine-tuning configs turn the decay off
-  online, which is what the constant second piece does.
+  online, which is what the constant second piece does. Its rate is
+  `online_actor_learning_rate` (default: actor_learning_rate).
   """
-  if not config.actor_cosine_decay:
-    return optax.constant_schedule(config.actor_learning_rate)
-  return optax.join_schedules(
-      [optax.cosine_decay_schedule(config.actor_learning_rate,
-                                   max(config.offline_steps, 1)),
-       optax.constant_schedule(config.actor_learning_rate)],
-      boundaries=[config.offline_steps])
+  online = (config.actor_learning_rate
+            if config.online_actor_learning_rate is None
+            else config.online_actor_learning_rate)
+  if config.actor_cosine_decay:
+    offline = optax.cosine_decay_schedule(config.actor_learning_rate,
+                                          max(config.offline_steps, 1))
+  else:
+    offline = optax.constant_schedule(config.actor_learning_rate)
+  return optax.join_schedules([offline, optax.constant_schedule(online)],
+                              boundaries=[config.offline_steps])
 
 
 class Optimizers(NamedTuple):

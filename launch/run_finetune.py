@@ -81,6 +81,9 @@ _EXPECTILE = flags.DEFINE_float(
 _TEMPERATURE = flags.DEFINE_float(
     'temperature', None, "IQL's inverse temperature beta of the advantage "
     "weights, >= 0; 0 is behavioural cloning (default: the domain preset's).")
+_ONLINE_ACTOR_LR = flags.DEFINE_float(
+    'online_actor_learning_rate', None, "The actor's learning rate after the "
+    'offline phase, >= 0 (default: the offline rate, 3e-4).')
 _ACTOR_NICENESS = flags.DEFINE_integer(
     'actor_niceness', 10, 'Niceness added to actor and evaluator processes, '
     '0-19: on shared CPUs the learner gets them first (ignored by local_mt, '
@@ -205,7 +208,8 @@ def main(_):
         updates_per_env_step=_UPDATES_PER_ENV_STEP.value,
         online_fraction=_ONLINE_FRACTION.value,
         exploration_noise=_EXPLORATION_NOISE.value,
-        expectile=_EXPECTILE.value, temperature=_TEMPERATURE.value)
+        expectile=_EXPECTILE.value, temperature=_TEMPERATURE.value,
+        online_actor_learning_rate=_ONLINE_ACTOR_LR.value)
     if _finished_run(workdir, config):
       print(f'finished: {workdir} already holds a run of '
             f'{config.online_steps} online steps (summary.json); pass a '

@@ -20,6 +20,7 @@ OFFLINE_STEPS = 300
 ONLINE_STEPS = 600
 NUM_ACTORS = 2
 TEMPERATURE = 2.0  # Not the preset's 3: the flag must reach the config.
+ONLINE_ACTOR_LR = 1e-4  # Not the offline 3e-4: the learner must switch.
 FINAL_EVAL_EPISODES = 3  # The offline-end and final evaluations'.
 RATIO_TOLERANCE = 0.10
 RUN_TIMEOUT_S = 420
@@ -60,6 +61,7 @@ def finetune_args(dataset, online_steps):
           '--eval_every=200', '--eval_episodes=1',
           f'--final_eval_episodes={FINAL_EVAL_EPISODES}', '--batch_size=64',
           f'--temperature={TEMPERATURE}',
+          f'--online_actor_learning_rate={ONLINE_ACTOR_LR}',
           '--log_every=1']  # Rows in every phase, however short.
 
 
@@ -99,7 +101,11 @@ def test_actors_inserted_and_online_phase_paced(local_mp_run):
   assert summary['online_updates'] > 0
   assert abs(summary['update_to_env_step_ratio'] - 1.0) <= RATIO_TOLERANCE
   learner_rows = read_csv(os.path.join(workdir, 'logs', 'learner.csv'))
-  assert any(r['phase'] == 'online' for r in learner_rows)
+  online = [r for r in learner_rows if r['phase'] == 'online']
+  assert online
+  # Online, the actor learns at --online_actor_learning_rate.
+  for row in online:
+    assert float(row['actor_lr']) == pytest.approx(ONLINE_ACTOR_LR, rel=1e-5)
 
 
 def test_evaluator_rows_written(local_mp_run):
@@ -146,6 +152,7 @@ def test_summary_gives_the_paired_finetuning_gain(local_mp_run):
   assert summary['config']['temperature'] == TEMPERATURE
   assert summary['config']['expectile'] == 0.8  # hand_finetune's.
   assert summary['config']['batch_size'] == 64
+  assert summary['config']['online_actor_learning_rate'] == ONLINE_ACTOR_LR
 
 
 def test_launcher_prints_the_result_line(local_mp_run):

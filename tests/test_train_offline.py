@@ -155,6 +155,8 @@ def test_seeds_train_together_and_summarise_across_seeds(
     (['--seed', '1', '--seeds', '2,3'], '--seeds'),
     (['--expectile', '1'], '--expectile (tau) must be in (0, 1)'),
     (['--temperature', '-2'], '--temperature (beta) must be >= 0'),
+    (['--online_actor_learning_rate', '-1'],
+     '--online_actor_learning_rate must be >= 0'),
 ])
 def test_bad_flags_one_line_error_exit_2(pen_random_npz, tmp_path, capsys,
                                          flags, message):

@@ -258,6 +258,23 @@ def test_actor_learning_rate_cosine_over_offline_steps_then_constant():
                              rtol=1e-5)
 
 
+@pytest.mark.parametrize('cosine', [True, False])
+def test_online_actor_learning_rate_takes_over_at_the_offline_end(cosine):
+  lr, online, total = 1e-3, 2e-5, 100
+  config = _config(actor_learning_rate=lr, offline_steps=total,
+                   online_actor_learning_rate=online,
+                   actor_cosine_decay=cosine)
+  schedule = training.actor_learning_rate(config)
+  offline = training.actor_learning_rate(_config(
+      actor_learning_rate=lr, offline_steps=total, actor_cosine_decay=cosine))
+  for t in (0, 1, 50, 99):  # The offline phase is unchanged,
+    np.testing.assert_allclose(schedule(t), offline(t), rtol=1e-6)
+  for t in (total, total + 1, 10 * total):  # then the online rate holds.
+    np.testing.assert_allclose(schedule(t), online, rtol=1e-6)
+  if not cosine:
+    np.testing.assert_allclose(schedule(total - 1), lr, rtol=1e-6)
+
+
 def test_q_target_is_r_plus_discounted_masked_next_value():
   config = _config(discount=0.9)
   networks, state, update = _setup(config)
@@ -325,6 +342,8 @@ def test_mix_batches_fixed_mode_exact_count(size, fraction):
     (dict(expectile=0.0), 'expectile (tau) must be in (0, 1), got 0.0'),
     (dict(temperature=-0.5), 'temperature (beta) must be >= 0, got -0.5'),
     (dict(temperature=float('nan')), 'temperature (beta) must be >= 0'),
+    (dict(online_actor_learning_rate=-1e-4),
+     'online_actor_learning_rate must be >= 0, got -0.0001'),
 ])
 def test_config_rejects_out_of_range_iql_hyperparameters(overrides, message):
   with pytest.raises(ValueError) as error:
