@@ -12,7 +12,13 @@ adds panels of the losses and of updates per second, and the actors' CSVs
 (WORKDIR/logs/actor_N.csv) panels of their training returns and of the
 measured update : env-step ratio.
 
-Usage: python experiments/plot_run.py WORKDIR [--out PATH]
+Given several WORKDIRs (one command, several seeds), it draws instead the
+mean score across them at each evaluation with a +-1 standard-error band
+(the s.e. across runs) and each run's curve, and writes the numbers beside
+the PNG as CSV (`SEEDS_CSV_FIELDS`, then one score column per run). The
+runs must share their evaluation grid (the same count and phases of rows).
+
+Usage: python experiments/plot_run.py WORKDIR [WORKDIR ...] [--out PATH]
 """
 
 import argparse
@@ -43,6 +49,9 @@ ONLINE_PHASES = ('online', 'final')
 CRITIC_LOSSES = ('critic_loss', 'value_loss')
 ACTOR_LOSS = 'actor_loss'
 OUTPUT_NAME = 'learning_curve.png'
+SEEDS_OUTPUT_NAME = 'learning_curve_seeds.png'  # In the runs' parent folder.
+SEEDS_CSV_FIELDS = ('evaluation', 'phase', 'learner_steps', 'actor_steps',
+                    'mean', 'se', 'runs')  # Steps: the runs' mean.
 PANEL_SIZE = (5.0, 3.6)
 MAX_COLUMNS = 3
 BOUNDARY_STYLE = dict(color='grey', linestyle='--', linewidth=1.0)
@@ -250,13 +259,92 @@ def plot_run(workdir: str, out: Optional[str] = None) -> str:
   return out
 
 
+def seed_table(workdirs: Sequence[str]) -> List[Dict[str, object]]:
+  """One row per evaluation: mean steps, mean score, s.e. across runs."""
+  runs = []
+  for workdir in workdirs:
+    path = find(workdir, EVAL_PATHS)
+    if path is None:
+      raise RunFilesError(f'no evaluation CSV in {workdir!r}')
+    runs.append(read_rows(path))
+  phases = [[r.get('phase') for r in rows] for rows in runs]
+  if any(p != phases[0] for p in phases) or not phases[0]:
+    raise RunFilesError(
+        'the runs differ in their evaluations (count or phases: '
+        + ', '.join(f'{w}: {len(p)}' for w, p in zip(workdirs, phases))
+        + '); pass runs of the same command, finished')
+  score_key = first_key(runs[0], ('normalized_score', 'mean_return'))
+  table = []
+  for i, phase in enumerate(phases[0]):
+    scores = [number(rows[i].get(score_key)) for rows in runs]
+    mean = sum(scores) / len(scores)
+    se = (math.sqrt(sum((s - mean) ** 2 for s in scores) /
+                    (len(scores) - 1) / len(scores))
+          if len(scores) > 1 else math.nan)
+    row = {'evaluation': i, 'phase': phase, 'mean': mean, 'se': se,
+           'runs': len(scores)}
+    for key in ('learner_steps', 'actor_steps'):
+      row[key] = sum(number(rows[i].get(key)) for rows in runs) / len(runs)
+    row.update({os.path.basename(os.path.normpath(w)): s
+                for w, s in zip(workdirs, scores)})
+    table.append(row)
+  return table
+
+
+def plot_seeds(workdirs: Sequence[str], out: Optional[str] = None) -> str:
+  """Mean curve of several runs (+-1 s.e. across them); the PNG's path."""
+  table = seed_table(workdirs)
+  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  first = read_rows(find(workdirs[0], EVAL_PATHS))
+  y_label = score_label(first, first_key(first, ('normalized_score',
+                                                  'mean_return')))
+  fig, axes = plt.subplots(1, 2, figsize=(PANEL_SIZE[0] * 2, PANEL_SIZE[1]))
+  for ax, x_key, x_label in ((axes[0], 'actor_steps', 'environment steps'),
+                             (axes[1], 'learner_steps', 'learner steps')):
+    rows = table
+    if x_key == 'actor_steps':  # Offline: one point, the offline end.
+      rows = [r for r in table if phase_of(r) == 'online' or
+              r['phase'] == 'offline_end']
+    xs = [r[x_key] for r in rows]
+    for name in names:
+      ax.plot(xs, [r[name] for r in rows], color='grey', linewidth=0.7,
+              alpha=0.6)
+    plot_band(ax, xs, [r['mean'] for r in rows], [r['se'] for r in rows],
+              'tab:orange', label=f'mean of {len(names)} runs (+-1 s.e.)')
+    boundary = online_boundary(table, x_key)
+    if boundary is not None:
+      ax.axvline(boundary, label='offline -> online', **BOUNDARY_STYLE)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  parent = os.path.dirname(os.path.abspath(os.path.normpath(workdirs[0])))
+  fig.suptitle(f'{os.path.basename(parent)}: {", ".join(names)}')
+  fig.tight_layout()
+  out = out or os.path.join(parent, SEEDS_OUTPUT_NAME)
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  with open(os.path.splitext(out)[0] + '.csv', 'w', newline='') as f:
+    writer = csv.DictWriter(f, list(SEEDS_CSV_FIELDS) + names)
+    writer.writeheader()
+    writer.writerows(table)
+  return out
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('workdir', help='run directory (see the module doc)')
-  parser.add_argument('--out', help=f'PNG path (default WORKDIR/{OUTPUT_NAME})')
+  parser.add_argument('workdir', nargs='+',
+                      help='run directory (see the module doc); several: '
+                      'their mean curve')
+  parser.add_argument('--out', help=f'PNG path (default WORKDIR/{OUTPUT_NAME};'
+                      f' for several runs, {SEEDS_OUTPUT_NAME} in the first '
+                      "one's parent folder, with a .csv beside it)")
   args = parser.parse_args(argv)
   try:
-    print(plot_run(args.workdir, args.out))
+    if len(args.workdir) == 1:
+      print(plot_run(args.workdir[0], args.out))
+    else:
+      print(plot_seeds(args.workdir, args.out))
   except (RunFilesError, OSError) as e:
     print(f'plot_run.py: error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from iql_acme.evaluation import EVAL_CSV_FIELDS
@@ -229,3 +230,50 @@ def test_plot_run_without_evaluations_exits_2(tmp_path, capsys):
     plot_run.main([str(tmp_path)])
   assert exit_info.value.code == 2
   assert 'no evaluation CSV' in capsys.readouterr().err
+
+
+def _finetune_evals(offset):
+  evals = [dict(learner_steps=s, actor_steps=0,
+                phase='offline_end' if s == 200 else 'offline',
+                normalized_score=10 + offset, normalized_score_se=1,
+                success_rate=(10 + offset) / 100, episodes=10)
+           for s in (100, 200)]
+  evals += [dict(learner_steps=200 + a + offset, actor_steps=a,
+                 phase='final' if a == 300 else 'online',
+                 normalized_score=20 + a / 10 + offset, normalized_score_se=1,
+                 success_rate=(20 + a / 10 + offset) / 100, episodes=10)
+            for a in (100, 200, 300)]
+  return evals
+
+
+def test_plot_run_of_several_seeds_draws_their_mean_and_writes_it(tmp_path):
+  workdirs = []
+  for seed, offset in enumerate((0, 4, 11)):
+    workdirs.append(str(tmp_path / 'runs' / f'seed_{seed}'))
+    _write_csv(os.path.join(workdirs[-1], 'logs', 'evaluator.csv'),
+               _finetune_evals(offset))
+  plot_run.main(workdirs)
+  png = str(tmp_path / 'runs' / plot_run.SEEDS_OUTPUT_NAME)
+  _assert_png(png)
+  table = _rows(png.replace('.png', '.csv'))
+  assert [r['phase'] for r in table] == ['offline', 'offline_end', 'online',
+                                         'online', 'final']
+  offsets = np.array([0., 4., 11.])
+  for row, base in zip(table, (10, 10, 30, 40, 50)):
+    assert float(row['mean']) == pytest.approx(base + offsets.mean())
+    assert float(row['se']) == pytest.approx(offsets.std(ddof=1) / math.sqrt(3))
+    assert [float(row[f'seed_{i}']) for i in range(3)] == list(base + offsets)
+  # Steps are the runs' mean (evaluations land a few updates apart).
+  assert float(table[2]['learner_steps']) == pytest.approx(300 + 5)
+
+
+def test_plot_run_of_seeds_with_other_grids_exits_2(tmp_path, capsys):
+  a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+  _write_csv(os.path.join(a, 'logs', 'evaluator.csv'), _finetune_evals(0))
+  _write_csv(os.path.join(b, 'logs', 'evaluator.csv'), _finetune_evals(0)[:4])
+  with pytest.raises(SystemExit) as exit_info:
+    plot_run.main([a, b])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert 'the runs differ in their evaluations' in err and len(
+      err.strip().splitlines()) == 1
