@@ -23,6 +23,17 @@ def _list_of(kind, what: str):
 int_list = _list_of(int, 'integers')
 float_list = _list_of(float, 'numbers')
 
+_BOOLEANS = {'true': True, '1': True, 'false': False, '0': False}
+
+
+def boolean(text: str) -> bool:
+  """'true'/'false' (or 1/0, any case), as absl's --flag=true|false."""
+  try:
+    return _BOOLEANS[text.strip().lower()]
+  except KeyError:
+    raise argparse.ArgumentTypeError(
+        f'must be true or false, got {text!r}') from None
+
 
 def require_at_least(parser: argparse.ArgumentParser, args, flags,
                      least: int = 1):

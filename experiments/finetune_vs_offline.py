@@ -46,7 +46,8 @@ import plot_run
 RUN_FINETUNE = os.path.join(REPO, 'launch', 'run_finetune.py')
 TRAIN_OFFLINE = os.path.join(REPO, 'experiments', 'train_offline.py')
 # IQL hyperparameters both arms take from the flags (None: the preset).
-IQL_FLAGS = ('expectile', 'temperature', 'online_actor_learning_rate')
+IQL_FLAGS = ('expectile', 'temperature', 'online_actor_learning_rate',
+             'actor_cosine_decay')
 FINETUNE_EVAL_CSV = os.path.join('logs', 'evaluator.csv')
 CONTROL_EVAL_CSV = 'eval.csv'
 SCORE = 'normalized_score'
@@ -79,6 +80,9 @@ def parse_args(argv=None):
   parser.add_argument('--online_actor_learning_rate', type=float,
                       default=None, help="the actor's rate after the "
                       'offline phase, both arms (default: the offline rate)')
+  parser.add_argument('--actor_cosine_decay', type=cli.boolean, default=None,
+                      help="true/false: decay the actor's rate over the "
+                      'offline phase, both arms (default: true)')
   parser.add_argument('--lp_launch_type', default='local_mp')
   args = parser.parse_args(argv)
   if not args.seeds:

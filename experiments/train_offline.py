@@ -54,6 +54,7 @@ from iql_acme import training
 from iql_acme.config import config_for_domain
 from iql_acme.data import DatasetError, load_dataset
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli
 import plot_run
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -123,6 +124,9 @@ def parse_args(argv=None):
   parser.add_argument('--online_actor_learning_rate', type=float,
                       default=None, help="the actor's rate after "
                       "--offline_steps (default: the offline rate)")
+  parser.add_argument('--actor_cosine_decay', type=cli.boolean, default=None,
+                      help="true/false: decay the actor's rate over "
+                      '--offline_steps (default: true)')
   args = parser.parse_args(argv)
   for flag in ('steps', 'offline_steps'):
     if getattr(args, flag) is not None and getattr(args, flag) <= 0:
@@ -253,7 +257,7 @@ def main(argv=None):
   overrides = dict(batch_size=args.batch_size,
                    offline_steps_per_call=steps_per_call(args.eval_every))
   for flag in ('offline_steps', 'expectile', 'temperature',
-               'online_actor_learning_rate'):
+               'online_actor_learning_rate', 'actor_cosine_decay'):
     if getattr(args, flag) is not None:
       overrides[flag] = getattr(args, flag)
   try:

@@ -81,6 +81,10 @@ _EXPECTILE = flags.DEFINE_float(
 _TEMPERATURE = flags.DEFINE_float(
     'temperature', None, "IQL's inverse temperature beta of the advantage "
     "weights, >= 0; 0 is behavioural cloning (default: the domain preset's).")
+_ACTOR_COSINE_DECAY = flags.DEFINE_boolean(
+    'actor_cosine_decay', None, "Decay the actor's rate (cosine) over the "
+    'offline phase (default: on); --noactor_cosine_decay keeps it constant, '
+    "as the original IQL code's fine-tuning configs do.")
 _ONLINE_ACTOR_LR = flags.DEFINE_float(
     'online_actor_learning_rate', None, "The actor's learning rate after the "
     'offline phase, >= 0 (default: the offline rate, 3e-4).')
@@ -209,7 +213,8 @@ def main(_):
         online_fraction=_ONLINE_FRACTION.value,
         exploration_noise=_EXPLORATION_NOISE.value,
         expectile=_EXPECTILE.value, temperature=_TEMPERATURE.value,
-        online_actor_learning_rate=_ONLINE_ACTOR_LR.value)
+        online_actor_learning_rate=_ONLINE_ACTOR_LR.value,
+        actor_cosine_decay=_ACTOR_COSINE_DECAY.value)
     if _finished_run(workdir, config):
       print(f'finished: {workdir} already holds a run of '
             f'{config.online_steps} online steps (summary.json); pass a '

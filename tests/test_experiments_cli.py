@@ -39,3 +39,16 @@ def test_a_bad_entry_is_one_line_and_exit_2(capsys, flags, message):
   assert exit_info.value.code == 2
   error = capsys.readouterr().err.strip().splitlines()[-1]
   assert error == f'script.py: error: {message}'
+
+
+def test_boolean_reads_true_false_and_rejects_the_rest(capsys):
+  p = argparse.ArgumentParser(prog='script.py')
+  p.add_argument('--on', type=cli.boolean, default=None)
+  assert p.parse_args([]).on is None
+  for text, value in (('true', True), ('False', False), ('1', True),
+                      ('0', False)):
+    assert p.parse_args(['--on', text]).on is value
+  with pytest.raises(SystemExit):
+    p.parse_args(['--on', 'maybe'])
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      "script.py: error: argument --on: must be true or false, got 'maybe'")

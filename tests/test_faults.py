@@ -252,6 +252,7 @@ def test_a_moved_workdir_resumes_with_its_replay(pen_random_npz, workdir):
     ('--actor_niceness=25', '--actor_niceness must be in 0..19'),
     ('--expectile=1.5', 'expectile (tau) must be in (0, 1), got 1.5'),
     ('--temperature=-1', 'temperature (beta) must be >= 0, got -1.0'),
+    ('--actor_cosine_decay=maybe', 'error: flag --actor_cosine_decay=maybe'),
     ('--online_actor_learning_rate=-1',
      'online_actor_learning_rate must be >= 0, got -1.0'),
 ])

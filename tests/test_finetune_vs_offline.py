@@ -165,14 +165,17 @@ def test_bad_flags(tmp_path, capsys, argv, message):
 def test_both_arms_get_the_flags_iql_hyperparameters(tmp_path):
   args = fvo.parse_args(['--out', str(tmp_path), '--offline_steps',
                          str(OFFLINE), '--temperature', '1.5',
-                         '--online_actor_learning_rate', '3e-05'])
+                         '--online_actor_learning_rate', '3e-05',
+                         '--actor_cosine_decay', 'false'])
   config = fvo.run_config(args)
   assert (config.temperature, config.expectile) == (1.5, 0.8)  # 0.8: preset.
   control = fvo.control_command(args, config, 'DATA', 0, 'OUT')
   flag = lambda name: control[control.index(name) + 1]  # pylint: disable=unnecessary-lambda-assignment
   assert (flag('--temperature'), flag('--expectile')) == ('1.5', '0.8')
   assert flag('--online_actor_learning_rate') == '3e-05'
+  assert flag('--actor_cosine_decay') == 'False' and not config.actor_cosine_decay
   finetune = fvo.finetune_command(args, 0, 'WORKDIR')
+  assert '--actor_cosine_decay=False' in finetune
   assert '--temperature=1.5' in finetune
   assert '--online_actor_learning_rate=3e-05' in finetune
   # Unset, the launcher takes the preset: the value the control is given.

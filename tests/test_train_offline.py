@@ -40,7 +40,7 @@ def test_train_offline_writes_logs_evaluations_and_curve(
       '--env', 'pen-binary-v0', '--dataset', pen_random_npz, '--out', out,
       '--steps', str(STEPS), '--eval_every', str(EVAL_EVERY),
       '--eval_episodes', '1', '--batch_size', '32', '--seed', '1',
-      '--expectile', '0.6'])
+      '--expectile', '0.6', '--actor_cosine_decay', 'false'])
   stdout = capsys.readouterr().out
   assert 'updates/s' in stdout and 'ETA' in stdout
 
@@ -70,6 +70,7 @@ def test_train_offline_writes_logs_evaluations_and_curve(
   assert summary['steps'] == STEPS and summary['domain'] == 'hand_finetune'
   assert summary['config']['batch_size'] == 32
   assert summary['config']['expectile'] == 0.6  # The flag's, not the preset's.
+  assert summary['config']['actor_cosine_decay'] is False
   assert summary['config']['temperature'] == 3.0  # hand_finetune's.
   assert summary['final_eval']['learner_steps'] == STEPS
   _assert_png(os.path.join(out, 'learning_curve.png'))
@@ -156,6 +157,7 @@ def test_seeds_train_together_and_summarise_across_seeds(
     (['--seed', '1', '--seeds', '2,3'], '--seeds'),
     (['--expectile', '1'], '--expectile (tau) must be in (0, 1)'),
     (['--temperature', '-2'], '--temperature (beta) must be >= 0'),
+    (['--actor_cosine_decay', 'yes'], '--actor_cosine_decay'),
     (['--online_actor_learning_rate', '-1'],
      '--online_actor_learning_rate must be >= 0'),
 ])
