@@ -35,6 +35,29 @@ def boolean(text: str) -> bool:
         f'must be true or false, got {text!r}') from None
 
 
+# IQLConfig fields the scripts that train IQL take as flags (None: the
+# domain preset's value); launch/run_finetune.py defines the same as absl flags.
+IQL_FLAGS = ('expectile', 'temperature', 'online_actor_learning_rate',
+             'actor_cosine_decay')
+
+
+def add_iql_flags(parser: argparse.ArgumentParser, applies_to: str = ''):
+  """The `IQL_FLAGS`, each defaulting to None; `applies_to` ends the help."""
+  suffix = f', {applies_to}' if applies_to else ''
+  parser.add_argument('--expectile', type=float, default=None,
+                      help=f"IQL's tau, in (0, 1){suffix} (default: the "
+                      "preset's)")
+  parser.add_argument('--temperature', type=float, default=None,
+                      help=f"IQL's beta, >= 0; 0 is behavioural cloning{suffix}"
+                      " (default: the preset's)")
+  parser.add_argument('--online_actor_learning_rate', type=float,
+                      default=None, help="the actor's rate after the offline "
+                      f'phase{suffix} (default: the offline rate)')
+  parser.add_argument('--actor_cosine_decay', type=boolean, default=None,
+                      help="true/false: decay the actor's rate over the "
+                      f'offline phase{suffix} (default: true)')
+
+
 def require_at_least(parser: argparse.ArgumentParser, args, flags,
                      least: int = 1):
   """argparse's one-line error for the first of `flags` below `least`."""

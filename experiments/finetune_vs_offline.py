@@ -45,9 +45,6 @@ import plot_run
 
 RUN_FINETUNE = os.path.join(REPO, 'launch', 'run_finetune.py')
 TRAIN_OFFLINE = os.path.join(REPO, 'experiments', 'train_offline.py')
-# IQL hyperparameters both arms take from the flags (None: the preset).
-IQL_FLAGS = ('expectile', 'temperature', 'online_actor_learning_rate',
-             'actor_cosine_decay')
 FINETUNE_EVAL_CSV = os.path.join('logs', 'evaluator.csv')
 CONTROL_EVAL_CSV = 'eval.csv'
 SCORE = 'normalized_score'
@@ -73,16 +70,7 @@ def parse_args(argv=None):
                       default=evaluation.DEFAULT_EVAL_EPISODES)
   parser.add_argument('--num_actors', type=int, default=2)
   parser.add_argument('--batch_size', type=int, default=None)
-  parser.add_argument('--expectile', type=float, default=None,
-                      help="IQL's tau for both arms (default: the preset's)")
-  parser.add_argument('--temperature', type=float, default=None,
-                      help="IQL's beta for both arms (default: the preset's)")
-  parser.add_argument('--online_actor_learning_rate', type=float,
-                      default=None, help="the actor's rate after the "
-                      'offline phase, both arms (default: the offline rate)')
-  parser.add_argument('--actor_cosine_decay', type=cli.boolean, default=None,
-                      help="true/false: decay the actor's rate over the "
-                      'offline phase, both arms (default: true)')
+  cli.add_iql_flags(parser, applies_to='both arms')
   parser.add_argument('--lp_launch_type', default='local_mp')
   args = parser.parse_args(argv)
   if not args.seeds:
@@ -99,7 +87,7 @@ def run_config(args):
   return run_setup.make_config(args.env, offline_steps=args.offline_steps,
                                online_steps=args.online_steps,
                                batch_size=args.batch_size,
-                               **{f: getattr(args, f) for f in IQL_FLAGS})
+                               **{f: getattr(args, f) for f in cli.IQL_FLAGS})
 
 
 def finetune_command(args, seed: int, workdir: str) -> List[str]:
@@ -113,7 +101,7 @@ def finetune_command(args, seed: int, workdir: str) -> List[str]:
              f'--final_eval_episodes={args.eval_episodes}',
              f'--num_actors={args.num_actors}',
              f'--lp_launch_type={args.lp_launch_type}']
-  for flag in ('dataset', 'offline_steps', 'batch_size') + IQL_FLAGS:
+  for flag in ('dataset', 'offline_steps', 'batch_size') + cli.IQL_FLAGS:
     if getattr(args, flag) is not None:
       command.append(f'--{flag}={getattr(args, flag)}')
   return command
@@ -131,7 +119,7 @@ def control_command(args, config, dataset: str, seed: int,
           '--eval_every', str(args.eval_every),
           '--eval_episodes', str(args.eval_episodes),
           '--batch_size', str(config.batch_size),
-          *[x for f in IQL_FLAGS if getattr(config, f) is not None
+          *[x for f in cli.IQL_FLAGS if getattr(config, f) is not None
             for x in (f'--{f}', str(getattr(config, f)))]]
 
 

@@ -259,8 +259,9 @@ def plot_run(workdir: str, out: Optional[str] = None) -> str:
   return out
 
 
-def seed_table(workdirs: Sequence[str]) -> List[Dict[str, object]]:
-  """One row per evaluation: mean steps, mean score, s.e. across runs."""
+def seed_table(workdirs: Sequence[str]):
+  """(One row per evaluation: mean steps, mean score, s.e. across runs;
+  the score axis's label)."""
   runs = []
   for workdir in workdirs:
     path = find(workdir, EVAL_PATHS)
@@ -288,16 +289,13 @@ def seed_table(workdirs: Sequence[str]) -> List[Dict[str, object]]:
     row.update({os.path.basename(os.path.normpath(w)): s
                 for w, s in zip(workdirs, scores)})
     table.append(row)
-  return table
+  return table, score_label(runs[0], score_key)
 
 
 def plot_seeds(workdirs: Sequence[str], out: Optional[str] = None) -> str:
   """Mean curve of several runs (+-1 s.e. across them); the PNG's path."""
-  table = seed_table(workdirs)
+  table, y_label = seed_table(workdirs)
   names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
-  first = read_rows(find(workdirs[0], EVAL_PATHS))
-  y_label = score_label(first, first_key(first, ('normalized_score',
-                                                  'mean_return')))
   fig, axes = plt.subplots(1, 2, figsize=(PANEL_SIZE[0] * 2, PANEL_SIZE[1]))
   for ax, x_key, x_label in ((axes[0], 'actor_steps', 'environment steps'),
                              (axes[1], 'learner_steps', 'learner steps')):

@@ -132,16 +132,16 @@ def cached_episodes(work_dir: str, env_name: str):
   if not episodes:
     raise SystemExit(f'error: no cached {env_name} episodes under {work_dir}; '
                      'run make_hand_demos.py with this --work_dir first')
+  size = sum(len(e['actions']) for e in episodes)
   return expert.Buffer({
       'observations': np.concatenate([e['observations'][:-1]
                                       for e in episodes]),
       'actions': np.concatenate([e['actions'] for e in episodes]),
       'rewards': np.concatenate([e['env_rewards'] for e in episodes]),
-      'discounts': np.ones(sum(len(e['actions']) for e in episodes),
-                           np.float32),
+      'discounts': np.ones(size, np.float32),
       'next_observations': np.concatenate([e['observations'][1:]
                                            for e in episodes])},
-                       sum(len(e['actions']) for e in episodes)), len(episodes)
+                       size), len(episodes)
 
 
 def main(argv=None):

@@ -116,17 +116,7 @@ def parse_args(argv=None):
                      help='comma-separated seeds trained together (vmap); '
                      'outputs in --out/seed_<i>/')
   parser.add_argument('--batch_size', type=int, default=256)
-  parser.add_argument('--expectile', type=float, default=None,
-                      help="IQL's tau, in (0, 1) (default: the preset's)")
-  parser.add_argument('--temperature', type=float, default=None,
-                      help="IQL's beta, >= 0; 0 is behavioural cloning "
-                      "(default: the preset's)")
-  parser.add_argument('--online_actor_learning_rate', type=float,
-                      default=None, help="the actor's rate after "
-                      "--offline_steps (default: the offline rate)")
-  parser.add_argument('--actor_cosine_decay', type=cli.boolean, default=None,
-                      help="true/false: decay the actor's rate over "
-                      '--offline_steps (default: true)')
+  cli.add_iql_flags(parser)
   args = parser.parse_args(argv)
   for flag in ('steps', 'offline_steps'):
     if getattr(args, flag) is not None and getattr(args, flag) <= 0:
@@ -256,8 +246,7 @@ def main(argv=None):
 
   overrides = dict(batch_size=args.batch_size,
                    offline_steps_per_call=steps_per_call(args.eval_every))
-  for flag in ('offline_steps', 'expectile', 'temperature',
-               'online_actor_learning_rate', 'actor_cosine_decay'):
+  for flag in ('offline_steps',) + cli.IQL_FLAGS:
     if getattr(args, flag) is not None:
       overrides[flag] = getattr(args, flag)
   try:

@@ -50,9 +50,10 @@ def actor_learning_rate(config: IQLConfig) -> optax.Schedule:
   """Cosine decay over the offline steps, then a constant online rate.
 
   Decaying to zero and staying there would freeze the policy during
-  fine-tuning; the original IQL fine-tuning configs turn the decay off
-  online, which is what the constant second piece does. Its rate is
-  `online_actor_learning_rate` (default: actor_learning_rate).
+  fine-tuning, so the online piece is constant, at
+  `online_actor_learning_rate` (default: actor_learning_rate). With
+  `actor_cosine_decay` off the offline piece is constant too, as in the
+  original IQL code's fine-tuning configs (no decay in either phase).
   """
   online = (config.actor_learning_rate
             if config.online_actor_learning_rate is None
