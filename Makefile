@@ -93,6 +93,15 @@ PEN_DATA_ARGS ?= --num_demos 100 --num_bc_episodes 2000 --seed 0
 pen-data: $(STAMP)
 	$(PY) experiments/make_pen_rl_demos.py --policy_npz iql_acme/data/assets/pen-binary-v0/demonstrator_policy.npz --out out/pen-binary-v0 --work_dir out/pen-binary-v0_work $(PEN_DATA_ARGS)
 
+# Pen stand-in v3: the embedded recipe, but the BC rollouts come from BC on
+# the first 10 demos (a weaker policy, as AWAC's BC fell short of its demos);
+# offline IQL beats BC on it, fine-tuning does not gain (README, "Pen
+# stand-in v3"). About 6.5 min on 2 cores, 21 MB: out/pen-binary-v0-v3.
+.PHONY: pen-data-v3
+PEN_V3_ARGS ?= --num_demos 100 --num_bc_episodes 300 --rollout_demos 10 --seed 0
+pen-data-v3: $(STAMP)
+	$(PY) experiments/make_pen_rl_demos.py --policy_npz iql_acme/data/assets/pen-binary-v0/demonstrator_policy.npz --out out/pen-binary-v0-v3 --work_dir out/pen-binary-v0-v3_work $(PEN_V3_ARGS)
+
 # Stand-in door-binary-v0 data: 50 demos of the committed RL-trained door
 # demonstrator, BC on them (the gate), 300 noisy BC rollouts; about 3 min on
 # 2 cores, 33 MB, so not embedded: out/door-binary-v0. Run with

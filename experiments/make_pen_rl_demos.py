@@ -85,6 +85,12 @@ def parse_args(argv=None):
   parser.add_argument('--bc_noise_stds', type=cli.float_list,
                       default='0.1,0.2,0.3,0.5',
                       help='Gaussian action noise of BC rollouts, cycled')
+  parser.add_argument('--rollout_demos', type=int, default=None,
+                      help='roll out a BC fit on the first K demos only '
+                      '(default: the gate\'s first fit, on all of them). A '
+                      'weaker rollout policy errs in ways, not just in '
+                      'zero-mean noise, as AWAC\'s BC policy fell short of '
+                      'its human demos: what advantage weighting can filter')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
   cli.require_at_least(parser, args,
@@ -96,6 +102,10 @@ def parse_args(argv=None):
                  f'least --num_demos ({args.num_demos})')
   if args.num_bc_episodes < 0 or args.bc_input_noise < 0:
     parser.error('--num_bc_episodes and --bc_input_noise must be >= 0')
+  if args.rollout_demos is not None and not (
+      1 <= args.rollout_demos <= args.num_demos):
+    parser.error(f'--rollout_demos must be in [1, --num_demos '
+                 f'{args.num_demos}], got {args.rollout_demos}')
   if not (args.bc_seeds and args.bc_noise_stds):
     parser.error('--bc_seeds and --bc_noise_stds must not be empty')
   if args.policy_workdir and not os.path.isdir(args.policy_workdir):
@@ -201,10 +211,27 @@ def main(argv=None):
   np.savez(os.path.join(args.work_dir, 'bc_params.npz'), **params)
 
   bc_paths, bc_rows, bc_actions = [], [], []
+  rollout_params, rollout_policy = params, {'demos': len(demos),
+                                            **fits[0]}
   if passed and args.num_bc_episodes:
+    if args.rollout_demos is not None and args.rollout_demos < len(demos):
+      few = demos[:args.rollout_demos]
+      rollout_params = bc.fit_bc(
+          np.concatenate([e['observations'][:-1] for e in few]),
+          np.concatenate([e['actions'] for e in few]), bc_config,
+          seed=args.bc_seeds[0], log_fn=lambda _: None)
+      np.savez(os.path.join(args.work_dir, 'bc_rollout_params.npz'),
+               **rollout_params)
+      rollout_policy = {'demos': len(few), 'bc_seed': args.bc_seeds[0],
+                        **pen.evaluate_policy(
+                            env, bc.bc_policy(rollout_params), eval_seeds)}
+      print(f'rollout policy: BC on the first {len(few)} demos, success '
+            f'{rollout_policy["success_rate"]:.2f} +- '
+            f'{rollout_policy["standard_error"]:.2f} over '
+            f'{rollout_policy["episodes"]} fresh targets', flush=True)
     bc_paths, bc_rows, bc_actions = pen.rollout_bc(
-        env, bc.bc_policy(params), args.num_bc_episodes, args.bc_noise_stds,
-        args.seed)
+        env, bc.bc_policy(rollout_params), args.num_bc_episodes,
+        args.bc_noise_stds, args.seed)
     awac_format.save_paths(os.path.join(args.out, pen.BC_FILE), bc_paths)
     pen.write_csv(os.path.join(args.work_dir, 'bc_episodes.csv'), bc_rows)
   else:
@@ -252,6 +279,7 @@ def main(argv=None):
           'acceptance_rule': f'BC success >= {pen.ACCEPTANCE_SUCCESS_RATE} '
                              f'over {args.num_eval_episodes} fresh targets '
                              '(issue #7 asks for 50)'},
+      'rollout_policy': rollout_policy if bc_paths else None,
       **pen.rollout_meta(args.out, bc_paths, bc_rows, bc_actions,
                          args.bc_noise_stds),
       'wall_seconds': round(time.time() - start, 1),

@@ -72,14 +72,22 @@ def _all_episodes_succeed(monkeypatch):
   monkeypatch.setattr(envs, 'episode_success', lambda name, achieved: True)
 
 
-def test_writes_awac_files_that_the_loader_reads(tmp_path, monkeypatch):
+def _make_from_a_run(tmp_path, monkeypatch, *flags):
+  """The pipeline on an untrained run's policy, 3 demos, 20 BC steps;
+  returns (the data folder, the work folder)."""
   _checkpointed_run(str(tmp_path / 'run'))
   _all_episodes_succeed(monkeypatch)
   out, work = tmp_path / 'data', tmp_path / 'work'
   make_pen_rl_demos.main([
       '--policy_workdir', str(tmp_path / 'run'), '--out', str(out),
       '--work_dir', str(work), '--num_demos', '3', '--bc_steps', '20',
-      '--num_eval_episodes', '2', '--num_bc_episodes', '4', '--gate', '0.5'])
+      '--num_eval_episodes', '2', '--gate', '0.5', *flags])
+  return out, work
+
+
+def test_writes_awac_files_that_the_loader_reads(tmp_path, monkeypatch):
+  out, work = _make_from_a_run(tmp_path, monkeypatch,
+                               '--num_bc_episodes', '4')
   meta = json.load(open(out / 'meta.json'))
   assert meta['num_demos'] == 3 and meta['demonstrator']['episodes'] == 3
   assert meta['demonstrator']['learner_steps'] == 7
@@ -150,3 +158,40 @@ def test_bad_flags_are_one_clear_error(tmp_path, capsys, flags, message):
     make_pen_rl_demos.parse_args(flags + ['--out', str(tmp_path)])
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err
+
+
+def test_rollout_demos_rolls_out_a_fit_on_the_first_k_demos(tmp_path,
+                                                           monkeypatch):
+  out, work = _make_from_a_run(tmp_path, monkeypatch, '--num_bc_episodes',
+                               '2', '--rollout_demos', '2')
+  meta = json.load(open(out / 'meta.json'))
+  assert meta['rollout_policy']['demos'] == 2
+  assert meta['rollout_policy']['episodes'] == 2
+  # The rolled-out policy is BC (first --bc_seeds entry) on the first 2
+  # demos, not the gate's fit on all 3.
+  demos = awac_format.load_paths(str(out / 'pen2_sparse.npy'))
+  config = bc.BCConfig(num_steps=20, input_noise=0.1)
+  # Demo observations are dicts in AWAC's layout.
+  observations = [np.stack([o['observation'] for o in p['observations']])
+                  for p in demos[:2]]
+  want = bc.fit_bc(np.concatenate(observations),
+                   np.concatenate([p['actions'] for p in demos[:2]]),
+                   config, seed=0, log_fn=lambda _: None)
+  got = dict(np.load(work / 'bc_rollout_params.npz'))
+  assert set(got) == set(want)
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+  gate_fit = dict(np.load(work / 'bc_params.npz'))
+  assert not np.allclose(gate_fit['w0'], got['w0'])
+
+
+@pytest.mark.parametrize('value', ['0', '4'])
+def test_rollout_demos_outside_one_to_num_demos_is_one_clear_error(
+    tmp_path, capsys, value):
+  with pytest.raises(SystemExit) as exit_info:
+    make_pen_rl_demos.parse_args(['--policy_workdir', '.', '--num_demos', '3',
+                                  '--rollout_demos', value, '--out',
+                                  str(tmp_path)])
+  assert exit_info.value.code == 2
+  assert f'--rollout_demos must be in [1, --num_demos 3], got {value}' in (
+      capsys.readouterr().err)
