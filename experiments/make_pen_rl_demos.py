@@ -215,18 +215,18 @@ def main(argv=None):
                                             **fits[0]}
   if passed and args.num_bc_episodes:
     if args.rollout_demos is not None and args.rollout_demos < len(demos):
-      few = demos[:args.rollout_demos]
-      rollout_params = bc.fit_bc(
-          np.concatenate([e['observations'][:-1] for e in few]),
-          np.concatenate([e['actions'] for e in few]), bc_config,
-          seed=args.bc_seeds[0], log_fn=lambda _: None)
+      # The first K demos' transitions lead `inputs` and `targets`.
+      size = sum(len(e['actions']) for e in demos[:args.rollout_demos])
+      rollout_params = bc.fit_bc(inputs[:size], targets[:size], bc_config,
+                                 seed=args.bc_seeds[0], log_fn=lambda _: None)
       np.savez(os.path.join(args.work_dir, 'bc_rollout_params.npz'),
                **rollout_params)
-      rollout_policy = {'demos': len(few), 'bc_seed': args.bc_seeds[0],
+      rollout_policy = {'demos': args.rollout_demos,
+                        'bc_seed': args.bc_seeds[0],
                         **pen.evaluate_policy(
                             env, bc.bc_policy(rollout_params), eval_seeds)}
-      print(f'rollout policy: BC on the first {len(few)} demos, success '
-            f'{rollout_policy["success_rate"]:.2f} +- '
+      print(f'rollout policy: BC on the first {args.rollout_demos} demos, '
+            f'success {rollout_policy["success_rate"]:.2f} +- '
             f'{rollout_policy["standard_error"]:.2f} over '
             f'{rollout_policy["episodes"]} fresh targets', flush=True)
     bc_paths, bc_rows, bc_actions = pen.rollout_bc(
