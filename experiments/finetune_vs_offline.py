@@ -9,7 +9,9 @@ the same learning-rate schedules:
   control   the same number of updates on the offline data alone
             (experiments/train_offline.py, with offline_steps as the
             schedule's offline phase; a process per seed: on a CPU its
-            vmapped --seeds mode adds no throughput).
+            vmapped --seeds mode adds no throughput), from the fine-tuned
+            run's learner key: the same initial parameters and offline
+            batches, so the arms share their offline end.
 Both are evaluated on the same fixed start states (iql_acme.evaluation).
 
   python experiments/finetune_vs_offline.py --env pen-binary-v0 --seeds 0,1,2 \
@@ -119,6 +121,8 @@ def control_command(args, config, dataset: str, seed: int,
           '--eval_every', str(args.eval_every),
           '--eval_episodes', str(args.eval_episodes),
           '--batch_size', str(config.batch_size),
+          # The run's own learner key: both arms share the offline phase.
+          '--as_finetune_learner', str(args.num_actors),
           *[x for f in cli.IQL_FLAGS if getattr(config, f) is not None
             for x in (f'--{f}', str(getattr(config, f)))]]
 

@@ -14,6 +14,12 @@ seed's deterministic policy (the mean action) runs `--eval_episodes` episodes.
 over the seeds' stacked training states, all sampling from the one dataset on
 device. Seed i's run equals a `--seed i` run (up to float rounding).
 
+`--as_finetune_learner N`: seed S starts from the learner key of
+`launch/run_finetune.py --seed=S --num_actors=N`, so its offline phase is
+that run's (the same initial parameters and offline batches): the control
+arm of an experiment shares the fine-tuned run's offline end, and the two
+differ only in what follows (finetune_vs_offline.py passes it).
+
 Outputs in --out DIR, with `--seed N` (default 0):
   train.csv            the learner's metrics per jitted call (losses, V, Q,
                        AWR weights, actor learning rate, updates_per_s)
@@ -116,11 +122,19 @@ def parse_args(argv=None):
                      help='comma-separated seeds trained together (vmap); '
                      'outputs in --out/seed_<i>/')
   parser.add_argument('--batch_size', type=int, default=256)
+  parser.add_argument('--as_finetune_learner', type=int, default=None,
+                      metavar='NUM_ACTORS',
+                      help="start each seed from the learner key of "
+                      "run_finetune.py's run with that seed and NUM_ACTORS "
+                      'actors (its offline phase); default: PRNGKey(seed)')
   cli.add_iql_flags(parser)
   args = parser.parse_args(argv)
   for flag in ('steps', 'offline_steps'):
     if getattr(args, flag) is not None and getattr(args, flag) <= 0:
       fail(f'--{flag} must be positive, got {getattr(args, flag)}')
+  if args.as_finetune_learner is not None and args.as_finetune_learner <= 0:
+    fail('--as_finetune_learner is the runs\' --num_actors, a positive '
+         f'integer; got {args.as_finetune_learner}')
   for flag in ('eval_every', 'eval_episodes', 'batch_size'):
     if getattr(args, flag) <= 0:
       fail(f'--{flag} must be positive, got {getattr(args, flag)}')
@@ -267,8 +281,9 @@ def main(argv=None):
   networks = iql_networks.make_networks(spec, config)
   optimizers = training.make_optimizers(config)
   device_data = training.device_dataset(data)
-  states = training.init_training_states(networks, optimizers,
-                                         training.seed_keys(seeds))
+  keys = (training.seed_keys(seeds) if args.as_finetune_learner is None
+          else training.learner_keys(seeds, args.as_finetune_learner))
+  states = training.init_training_states(networks, optimizers, keys)
   multi_seed_steps = training.make_multi_seed_steps(networks, config,
                                                     optimizers)
   train_logs = [CsvLog(os.path.join(d, 'train.csv')) for d in dirs]
@@ -335,6 +350,7 @@ def main(argv=None):
       'env': args.env, 'dataset': args.dataset, 'domain': domain,
       'steps': steps_done, 'offline_steps': config.offline_steps,
       'transitions': data.size, 'wall_time_s': round(elapsed, 2),
+      'as_finetune_learner': args.as_finetune_learner,
       'updates_per_s': round(rate, 2),  # Per seed.
       'config': {k: (list(v) if isinstance(v, tuple) else v)
                  for k, v in dataclasses.asdict(config).items()},

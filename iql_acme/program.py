@@ -41,6 +41,7 @@ from iql_acme import envs
 from iql_acme import evaluation
 from iql_acme import logs
 from iql_acme import networks as networks_lib
+from iql_acme import training
 from iql_acme.builder import IQLBuilder, OfflineDatasetFn, queue_table_name
 from iql_acme.config import IQLConfig
 from iql_acme.types import Transitions
@@ -734,9 +735,8 @@ def make_program(config: IQLConfig, offline_dataset_fn: OfflineDatasetFn,
   os.makedirs(os.path.join(run.workdir, 'logs'), exist_ok=True)
   environment_spec = specs.make_environment_spec(
       envs.make_environment(run.env_name, seed=run.seed))
-  key = jax.random.PRNGKey(run.seed)
-  learner_key, evaluator_key, *actor_keys = jax.random.split(
-      key, 2 + run.num_actors)
+  learner_key, evaluator_key, actor_keys = training.run_keys(run.seed,
+                                                            run.num_actors)
 
   program = lp.Program(name=name)
   with program.group('replay'):

@@ -18,7 +18,7 @@ wraps it for Acme/Reverb; `experiments/train_offline.py` uses it directly.
 * `save_state` / `load_state`: the state to and from flax's msgpack bytes.
 """
 
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import flax.serialization
 import jax
@@ -329,6 +329,28 @@ def make_online_steps(networks: IQLNetworks, config: IQLConfig,
 def seed_keys(seeds: Sequence[int]) -> jax.Array:
   """One PRNG key per seed, stacked: seed i's key is PRNGKey(seed_i)."""
   return jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+
+
+def run_keys(seed: int, num_actors: int) -> Tuple[jax.Array, jax.Array,
+                                                  List[jax.Array]]:
+  """A fine-tuning run's keys: (learner, evaluator, [actor per actor]).
+
+  The Launchpad program takes its nodes' keys from here, and an offline
+  control can start from the same learner key (`learner_keys`).
+  """
+  learner, evaluator, *actors = jax.random.split(jax.random.PRNGKey(seed),
+                                                 2 + num_actors)
+  return learner, evaluator, actors
+
+
+def learner_keys(seeds: Sequence[int], num_actors: int) -> jax.Array:
+  """The learner keys of runs with `seeds` and `num_actors`, stacked.
+
+  A control trained from these starts where those runs' learners start,
+  and samples the same offline batches, so (up to float rounding) its
+  offline phase is theirs: the two arms share their offline end.
+  """
+  return jnp.stack([run_keys(int(s), num_actors)[0] for s in seeds])
 
 
 def init_training_states(networks: IQLNetworks, optimizers: Optimizers,

@@ -140,6 +140,8 @@ def test_both_arms_get_the_same_updates_and_schedule(experiment):
   assert int(flag('--steps')) == OFFLINE + ONLINE  # 1 update per env step.
   assert int(flag('--offline_steps')) == OFFLINE == config.offline_steps
   assert flag('--seed') == '2' and flag('--out') == 'OUT'
+  # From the fine-tuned run's learner key: the arms share the offline phase.
+  assert flag('--as_finetune_learner') == str(args.num_actors)
   finetune = fvo.finetune_command(args, 1, 'WORKDIR')
   assert f'--offline_steps={OFFLINE}' in finetune
   assert f'--online_steps={ONLINE}' in finetune

@@ -10,6 +10,12 @@ import sys
 import numpy as np
 import pytest
 
+from iql_acme import envs
+from iql_acme import learning
+from iql_acme import networks as iql_networks
+from iql_acme import training
+from iql_acme.config import config_for_domain
+from iql_acme.data import load_dataset
 from iql_acme.evaluation import EVAL_CSV_FIELDS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,6 +152,58 @@ def test_seeds_train_together_and_summarise_across_seeds(
                           abs_tol=1e-6)
 
 
+class _ListLogger:
+
+  def __init__(self):
+    self.rows = []
+
+  def write(self, row):
+    self.rows.append(row)
+
+
+def test_as_finetune_learner_trains_what_the_runs_learner_trains(
+    pen_random_npz, tmp_path):
+  """The control starts from the fine-tuned run's learner key (seed 2, 3
+  actors) and makes the updates that run's IQLLearner makes offline."""
+  seed, num_actors, steps = 2, 3, 200
+  common = ['--env', 'pen-binary-v0', '--dataset', pen_random_npz,
+            '--steps', str(steps), '--offline_steps', str(steps),
+            '--eval_every', str(steps), '--eval_episodes', '1',
+            '--batch_size', '32', '--seed', str(seed)]
+  paired, plain = str(tmp_path / 'paired'), str(tmp_path / 'plain')
+  train_offline.main(common + ['--out', paired,
+                               '--as_finetune_learner', str(num_actors)])
+  train_offline.main(common + ['--out', plain])
+
+  env = envs.make_environment('pen-binary-v0', seed=0)
+  spec = train_offline.environment_spec(env)
+  data, transform = load_dataset(
+      pen_random_npz, domain=envs.domain_of('pen-binary-v0'),
+      obs_dim=spec.observations.shape[0], act_dim=spec.actions.shape[0])
+  config = config_for_domain(
+      envs.domain_of('pen-binary-v0'), batch_size=32, offline_steps=steps,
+      offline_steps_per_call=train_offline.steps_per_call(steps))
+  logger = _ListLogger()
+  learner = learning.IQLLearner(
+      iql_networks.make_networks(spec, config), config,
+      training.run_keys(seed, num_actors)[0], data,
+      reward_transform=transform, logger=logger)
+  while learner.in_offline_phase:
+    learner.step()
+
+  paired_rows = _rows(os.path.join(paired, 'train.csv'))
+  plain_rows = _rows(os.path.join(plain, 'train.csv'))
+  assert len(paired_rows) == len(logger.rows) == len(plain_rows) > 1
+  for ours, runs, other in zip(paired_rows, logger.rows, plain_rows):
+    for key in LOSSES:
+      assert math.isclose(float(ours[key]), runs[key], rel_tol=1e-4,
+                          abs_tol=1e-6)
+  assert ([float(r['critic_loss']) for r in plain_rows]
+          != [r['critic_loss'] for r in logger.rows])  # The key matters.
+  with open(os.path.join(paired, 'summary.json')) as f:
+    assert json.load(f)['as_finetune_learner'] == num_actors
+
+
 @pytest.mark.parametrize('flags,message', [
     (['--env', 'pong-v9'], '--env'),
     (['--dataset', '/nonexistent/data.npz'], '--dataset'),
@@ -154,6 +212,7 @@ def test_seeds_train_together_and_summarise_across_seeds(
     (['--seeds', '0,x'], '--seeds'),
     (['--seeds', '1,1'], '--seeds'),
     (['--offline_steps', '-5'], '--offline_steps'),
+    (['--as_finetune_learner', '0'], '--as_finetune_learner'),
     (['--seed', '1', '--seeds', '2,3'], '--seeds'),
     (['--expectile', '1'], '--expectile (tau) must be in (0, 1)'),
     (['--temperature', '-2'], '--temperature (beta) must be >= 0'),
