@@ -17,6 +17,15 @@ Both are evaluated on the same fixed start states (iql_acme.evaluation).
   python experiments/finetune_vs_offline.py --env pen-binary-v0 --seeds 0,1,2 \
       --out out/finetune_vs_offline/pen-binary-v0
 
+Arms run elsewhere (by hand, on other machines, with other flags) are
+summarized without running anything: `--finetune_runs` and `--control_runs`
+name their directories with `{seed}` for the seed, e.g.
+  python experiments/finetune_vs_offline.py --env pen-binary-v0 --seeds 0,1,2 \
+      --finetune_runs 'out/runs/seed_{seed}' --control_runs 'out/control/seed_{seed}' \
+      --offline_steps 25000 --eval_every 25000 --out out/comparison
+(--offline_steps is where the control's offline end is read; --eval_every
+the grid the curves are drawn on).
+
 Writes OUT/results.json (per-seed and mean +- standard error scores at the
 offline end and at the end, for both arms, and the paired gains), OUT/curves.csv
 and OUT/curves.png (mean curves with +-1 s.e. bands). A rerun skips the arms
@@ -74,7 +83,21 @@ def parse_args(argv=None):
   parser.add_argument('--batch_size', type=int, default=None)
   cli.add_iql_flags(parser, applies_to='both arms')
   parser.add_argument('--lp_launch_type', default='local_mp')
+  parser.add_argument('--finetune_runs', default=None, metavar='PATTERN',
+                      help="summarize existing runs, run nothing: the "
+                      "fine-tuned runs' workdirs, {seed} for the seed")
+  parser.add_argument('--control_runs', default=None, metavar='PATTERN',
+                      help="with --finetune_runs: the controls' train_offline "
+                      'output directories, {seed} for the seed')
   args = parser.parse_args(argv)
+  patterns = (args.finetune_runs, args.control_runs)
+  if (patterns[0] is None) != (patterns[1] is None):
+    parser.error('--finetune_runs and --control_runs go together: pass both '
+                 '(or neither, to run the arms)')
+  for flag, pattern in zip(('finetune_runs', 'control_runs'), patterns):
+    if pattern is not None and '{seed}' not in pattern:
+      parser.error(f'--{flag} must contain {{seed}}, e.g. out/runs/seed_{{seed}}; '
+                   f'got {pattern!r}')
   if not args.seeds:
     parser.error('--seeds is empty; pass e.g. --seeds 0,1,2')
   for flag in ('online_steps', 'eval_every', 'eval_episodes', 'num_actors'):
@@ -300,6 +323,9 @@ def main(argv=None):
     sys.exit(f'error: {e}')
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
+  if args.finetune_runs is not None:
+    summarize_existing(args, config, out)
+    return
   workdirs = {'finetune': {s: os.path.join(out, 'finetune', f'seed_{s}')
                            for s in args.seeds},
               'control': {s: os.path.join(out, 'control', f'seed_{s}')
@@ -325,6 +351,26 @@ def main(argv=None):
                                    workdirs['finetune'][args.seeds[0]]),
       'control': control_command(args, config, dataset, args.seeds[0],
                                  workdirs['control'][args.seeds[0]])}
+  write_results(results, out)
+
+
+def summarize_existing(args, config, out: str):
+  """results.json, curves.csv and curves.png of arms run elsewhere."""
+  workdirs = {arm: {s: os.path.abspath(pattern.format(seed=s))
+                    for s in args.seeds}
+              for arm, pattern in zip(ARMS, (args.finetune_runs,
+                                             args.control_runs))}
+  try:
+    results = summarize(args, config, workdirs)
+  except FileNotFoundError as e:
+    sys.exit(f'error: {e.args[0].split(";")[0]}; check --finetune_runs, '
+             '--control_runs and --seeds')
+  results['runs'] = {arm: {str(s): d for s, d in dirs.items()}
+                     for arm, dirs in workdirs.items()}
+  write_results(results, out)
+
+
+def write_results(results: dict, out: str):
   with open(os.path.join(out, RESULTS_FILE), 'w') as f:
     json.dump(results, f, indent=2)
   write_curves(results, out)

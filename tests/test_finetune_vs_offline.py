@@ -156,6 +156,9 @@ def test_both_arms_get_the_same_updates_and_schedule(experiment):
     (['--seeds', 'a,b'], 'comma-separated'),
     (['--seeds', ','], 'empty'),
     (['--online_steps', '0'], 'positive'),
+    (['--finetune_runs', 'runs/seed_{seed}'], 'go together'),
+    (['--finetune_runs', 'runs/seed_0', '--control_runs', 'c/seed_{seed}'],
+     'must contain {seed}'),
 ])
 def test_bad_flags(tmp_path, capsys, argv, message):
   with pytest.raises(SystemExit) as exit_info:
@@ -192,3 +195,32 @@ def test_out_of_range_hyperparameter_is_one_line_error(tmp_path, capsys):
     fvo.main(['--out', str(tmp_path), '--expectile', '2'])
   assert 'expectile (tau) must be in (0, 1), got 2.0' in str(exit_info.value)
   assert not os.listdir(tmp_path)  # Nothing launched, nothing written.
+
+
+def test_summarizes_arms_run_elsewhere_without_running_them(
+    experiment, tmp_path, monkeypatch):
+  args, config, workdirs, _, _ = experiment
+  def no_run(command, what):
+    raise AssertionError(f'ran {what}: {command}')
+  monkeypatch.setattr(fvo, 'run', no_run)
+  out = tmp_path / 'comparison'
+  argv = ['--env', args.env, '--seeds', '0,1,2', '--out', str(out),
+          '--offline_steps', str(OFFLINE), '--eval_every', str(EVERY),
+          '--finetune_runs', str(tmp_path / 'finetune' / 'seed_{seed}'),
+          '--control_runs', str(tmp_path / 'control' / 'seed_{seed}')]
+  fvo.main(argv)
+  with open(out / fvo.RESULTS_FILE) as f:
+    results = json.load(f)
+  expected = json.loads(json.dumps(fvo.summarize(args, config, workdirs)))
+  for key in ('arms', 'gains', 'curves', 'finetuning_helps'):
+    assert results[key] == expected[key]
+  assert results['runs']['control']['2'] == workdirs['control'][2]
+  for name in (fvo.CURVES_CSV, fvo.CURVES_PNG):
+    assert (out / name).stat().st_size > 0
+
+  # A seed without runs: one line naming the missing file.
+  with pytest.raises(SystemExit) as exit_info:
+    fvo.main([*argv[:3], '0,1,7', *argv[4:]])
+  message = str(exit_info.value.code)
+  assert 'seed_7' in message and '--control_runs' in message
+  assert '\n' not in message
