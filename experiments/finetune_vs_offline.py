@@ -182,8 +182,10 @@ def offline_end_and_final(rows, offline_steps: int) -> Dict[str, float]:
   number = plot_run.number
   return {'offline_end': number(offline_end[SCORE]),
           'offline_end_se': number(offline_end.get(SCORE + '_se')),
+          'offline_end_episodes': number(offline_end.get('episodes')),
           'final': number(final[SCORE]),
           'final_se': number(final.get(SCORE + '_se')),
+          'final_episodes': number(final.get('episodes')),
           'final_learner_steps': steps(final)}
 
 
@@ -282,7 +284,7 @@ def plot_curves(results: dict, path: str):
              **plot_run.BOUNDARY_STYLE)
   seeds = len(results['seeds'])
   ax.set_title(f'{results["env"]}: mean of {seeds} seeds, +-1 s.e. across '
-               f'seeds; {results["eval_episodes"]} episodes per evaluation',
+               f'seeds; {episodes_note(results)}',
                fontsize=9)
   ax.set_xlabel('learner steps (gradient updates)')
   ax.set_ylabel(results['score'])
@@ -293,15 +295,27 @@ def plot_curves(results: dict, path: str):
   plt.close(fig)
 
 
+def _count(value) -> str:
+  return '?' if value is None or np.isnan(value) else f'{value:.0f}'
+
+
+def episodes_note(results: dict) -> str:
+  episodes = results['eval_episodes']
+  return (f'{episodes} episodes per evaluation' if episodes
+          else "episodes as in the runs' CSVs")
+
+
 def format_table(results: dict) -> str:
   lines = [f'{results["env"]} ({results["score"]}; seeds {results["seeds"]}, '
-           f'{results["eval_episodes"]} episodes per evaluation)',
+           f'{episodes_note(results)})',
            'arm        seed  offline_end        final']
   for arm in ARMS:
     for seed, v in results['arms'][arm]['per_seed'].items():
       lines.append(f'{arm:<10} {seed:>4}  {v["offline_end"]:6.1f} +- '
                    f'{v["offline_end_se"]:4.1f}  {v["final"]:6.1f} +- '
-                   f'{v["final_se"]:4.1f}')
+                   f'{v["final_se"]:4.1f}  (episodes: '
+                   f'{_count(v.get("offline_end_episodes"))}, '
+                   f'{_count(v.get("final_episodes"))})')
     a = results['arms'][arm]
     lines.append(f'{arm:<10} mean  {a["offline_end"]["mean"]:6.1f} +- '
                  f'{a["offline_end"]["se"]:4.1f}  {a["final"]["mean"]:6.1f} +- '
@@ -365,6 +379,7 @@ def summarize_existing(args, config, out: str):
   except FileNotFoundError as e:
     sys.exit(f'error: {e.args[0].split(";")[0]}; check --finetune_runs, '
              '--control_runs and --seeds')
+  results['eval_episodes'] = None  # The runs' own: see each row's count.
   results['runs'] = {arm: {str(s): d for s, d in dirs.items()}
                      for arm, dirs in workdirs.items()}
   write_results(results, out)

@@ -217,6 +217,8 @@ def test_summarizes_arms_run_elsewhere_without_running_them(
   assert results['runs']['control']['2'] == workdirs['control'][2]
   for name in (fvo.CURVES_CSV, fvo.CURVES_PNG):
     assert (out / name).stat().st_size > 0
+  assert results['arms']['finetune']['per_seed']['1']['final_episodes'] == 53
+  assert "episodes as in the runs' CSVs" in fvo.format_table(results)
 
   # A seed without runs: one line naming the missing file.
   with pytest.raises(SystemExit) as exit_info:
