@@ -370,7 +370,7 @@ def main(argv=None):
 
 def summarize_existing(args, config, out: str):
   """results.json, curves.csv and curves.png of arms run elsewhere."""
-  workdirs = {arm: {s: os.path.abspath(pattern.format(seed=s))
+  workdirs = {arm: {s: pattern.format(seed=s)
                     for s in args.seeds}
               for arm, pattern in zip(ARMS, (args.finetune_runs,
                                              args.control_runs))}
