@@ -12,6 +12,7 @@ import sys
 os.environ.setdefault('D4RL_SUPPRESS_IMPORT_ERROR', '1')
 
 from acme import specs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from acme.utils import loggers  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -41,19 +42,8 @@ def _tree_allclose(a, b, **kwargs):
   return all(leaves)
 
 
-class _ListLogger:
-  def __init__(self):
-    self.rows = []
-
-  def write(self, row):
-    self.rows.append(dict(row))
-
-  def close(self):
-    pass
-
-
 def _learner(config, data, seed=0, **kwargs):
-  logger = _ListLogger()
+  logger = loggers.InMemoryLogger()
   learner = learning.IQLLearner(
       iql_networks.make_networks(_spec(), config), config,
       jax.random.PRNGKey(seed), data, logger=logger, **kwargs)
@@ -70,8 +60,8 @@ def test_learner_offline_chunks_stop_exactly_and_save_restore():
   learner.step()
   saved = learner.save()
   learner.step()
-  assert [row['learner_steps'] for row in logger.rows] == [100, 200, 250]
-  assert all(row['phase'] == 'offline' for row in logger.rows)
+  assert [row['learner_steps'] for row in logger.data] == [100, 200, 250]
+  assert all(row['phase'] == 'offline' for row in logger.data)
   assert learner.steps == 250 and not learner.in_offline_phase
   assert int(learner.get_variables(['learner_steps'])[0]) == 250
   with pytest.raises(RuntimeError, match='replay'):
@@ -84,7 +74,7 @@ def test_learner_offline_chunks_stop_exactly_and_save_restore():
   assert other.steps == 200 and other.in_offline_phase
   other.step()
   assert other.steps == 250
-  assert other_logger.rows[-1]['learner_steps'] == 250
+  assert other_logger.data[-1]['learner_steps'] == 250
   for name in ('policy', 'critic', 'value'):
     assert _tree_allclose(other.get_variables([name])[0],
                           learner.get_variables([name])[0], rtol=1e-6,
@@ -116,7 +106,7 @@ def test_online_step_takes_rows_once_and_applies_reward_transform():
                              reward_transform=transform)
   assert not learner.in_offline_phase
   learner.step()
-  row = logger.rows[-1]
+  row = logger.data[-1]
   # One update per new transition, every batch row from the online data.
   assert learner.steps == BATCH and row['phase'] == 'online'
   assert row['online_fraction'] == 1.0
@@ -127,7 +117,7 @@ def test_online_step_takes_rows_once_and_applies_reward_transform():
   np.testing.assert_array_equal(held.observations, online.observations)
   # Nothing new in replay: no update, no log row (after a short wait).
   learner.step()
-  assert learner.steps == BATCH and len(logger.rows) == 1
+  assert learner.steps == BATCH and len(logger.data) == 1
 
 
 def test_transitions_from_rows_applies_reward_transform():
@@ -246,7 +236,7 @@ def test_learner_fits_value_of_constant_reward():
   for estimate in (v, q1, q2):
     np.testing.assert_allclose(np.mean(estimate), value, rtol=0.03)
     assert np.std(estimate) < 0.05 * value
-  first, last = logger.rows[0], logger.rows[-1]
+  first, last = logger.data[0], logger.data[-1]
   # Both losses start near 0 (V and Q start near 0), so the first chunk's
   # mean is the scale: they must fall by an order of magnitude from it.
   assert last['critic_loss'] < 0.05 * first['critic_loss']

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from acme.utils import loggers
+
 from iql_acme import envs
 from iql_acme import learning
 from iql_acme import networks as iql_networks
@@ -152,15 +154,6 @@ def test_seeds_train_together_and_summarise_across_seeds(
                           abs_tol=1e-6)
 
 
-class _ListLogger:
-
-  def __init__(self):
-    self.rows = []
-
-  def write(self, row):
-    self.rows.append(row)
-
-
 def test_as_finetune_learner_trains_what_the_runs_learner_trains(
     pen_random_npz, tmp_path):
   """The control starts from the fine-tuned run's learner key (seed 2, 3
@@ -183,7 +176,7 @@ def test_as_finetune_learner_trains_what_the_runs_learner_trains(
   config = config_for_domain(
       envs.domain_of('pen-binary-v0'), batch_size=32, offline_steps=steps,
       offline_steps_per_call=train_offline.steps_per_call(steps))
-  logger = _ListLogger()
+  logger = loggers.InMemoryLogger()
   learner = learning.IQLLearner(
       iql_networks.make_networks(spec, config), config,
       training.run_keys(seed, num_actors)[0], data,
@@ -193,13 +186,13 @@ def test_as_finetune_learner_trains_what_the_runs_learner_trains(
 
   paired_rows = _rows(os.path.join(paired, 'train.csv'))
   plain_rows = _rows(os.path.join(plain, 'train.csv'))
-  assert len(paired_rows) == len(logger.rows) == len(plain_rows) > 1
-  for ours, runs, other in zip(paired_rows, logger.rows, plain_rows):
+  assert len(paired_rows) == len(logger.data) == len(plain_rows) > 1
+  for ours, runs in zip(paired_rows, logger.data):
     for key in LOSSES:
       assert math.isclose(float(ours[key]), runs[key], rel_tol=1e-4,
                           abs_tol=1e-6)
   assert ([float(r['critic_loss']) for r in plain_rows]
-          != [r['critic_loss'] for r in logger.rows])  # The key matters.
+          != [r['critic_loss'] for r in logger.data])  # The key matters.
   with open(os.path.join(paired, 'summary.json')) as f:
     assert json.load(f)['as_finetune_learner'] == num_actors
 
