@@ -84,23 +84,24 @@ bench-system: $(STAMP)
 toy: $(STAMP)
 	$(PY) experiments/toy_umaze.py --out out/toy_umaze
 
-# A larger pen-binary-v0 stand-in: the embedded one again, with 2,000 noisy
-# BC rollouts instead of the committed 300 (out/pen-binary-v0, about 100 MB;
-# a few minutes on 2 cores). The committed demonstrator policy rewrites the
-# same demos (README, "Stand-in datasets").
+# A larger pen-binary-v0 stand-in: the embedded recipe (v3: BC rollouts
+# from BC on the first 10 demos) with 2,000 noisy BC rollouts instead of the
+# committed 300 (out/pen-binary-v0, about 100 MB; several minutes on 2
+# cores). The committed demonstrator policy rewrites the same demos (README,
+# "Stand-in datasets").
 .PHONY: pen-data
-PEN_DATA_ARGS ?= --num_demos 100 --num_bc_episodes 2000 --seed 0
+PEN_DATA_ARGS ?= --num_demos 100 --num_bc_episodes 2000 --rollout_demos 10 --seed 0
 pen-data: $(STAMP)
 	$(PY) experiments/make_pen_rl_demos.py --policy_npz iql_acme/data/assets/pen-binary-v0/demonstrator_policy.npz --out out/pen-binary-v0 --work_dir out/pen-binary-v0_work $(PEN_DATA_ARGS)
 
-# Pen stand-in v3: the embedded recipe, but the BC rollouts come from BC on
-# the first 10 demos (a weaker policy, as AWAC's BC fell short of its demos);
-# offline IQL beats BC on it, fine-tuning does not gain (README, "Pen
-# stand-in v3"). About 6.5 min on 2 cores, 21 MB: out/pen-binary-v0-v3.
-.PHONY: pen-data-v3
-PEN_V3_ARGS ?= --num_demos 100 --num_bc_episodes 300 --rollout_demos 10 --seed 0
-pen-data-v3: $(STAMP)
-	$(PY) experiments/make_pen_rl_demos.py --policy_npz iql_acme/data/assets/pen-binary-v0/demonstrator_policy.npz --out out/pen-binary-v0-v3 --work_dir out/pen-binary-v0-v3_work $(PEN_V3_ARGS)
+# The previous embedded pen stand-in (v2, embedded until 2026-12-01): BC
+# rollouts from BC on all 100 demos, as good as the demonstrator, so offline
+# IQL only matched BC on it (README, "Stand-in datasets"). 21 MB:
+# out/pen-binary-v0-v2.
+.PHONY: pen-data-v2
+PEN_V2_ARGS ?= --num_demos 100 --num_bc_episodes 300 --seed 0
+pen-data-v2: $(STAMP)
+	$(PY) experiments/make_pen_rl_demos.py --policy_npz iql_acme/data/assets/pen-binary-v0/demonstrator_policy.npz --out out/pen-binary-v0-v2 --work_dir out/pen-binary-v0-v2_work $(PEN_V2_ARGS)
 
 # Stand-in door-binary-v0 data: 50 demos of the committed RL-trained door
 # demonstrator, BC on them (the gate), 300 noisy BC rollouts; about 3 min on

@@ -109,7 +109,8 @@ def parse_args(argv=None):
 def run_config(args):
   """The config both arms train with (the launcher's preset and overrides)."""
   from iql_acme import run_setup  # pylint: disable=g-import-not-at-top
-  return run_setup.make_config(args.env, offline_steps=args.offline_steps,
+  return run_setup.make_config(args.env, dataset=args.dataset,
+                               offline_steps=args.offline_steps,
                                online_steps=args.online_steps,
                                batch_size=args.batch_size,
                                **{f: getattr(args, f) for f in cli.IQL_FLAGS})

@@ -4,7 +4,9 @@ Trains with the IQL core (`iql_acme.training`: on-device sampling, `lax.scan`
 of updates; no Acme, Reverb or TensorFlow in the loop) for `--steps` gradient
 updates on a dataset (any source `iql_acme.data.load_dataset` accepts: a
 transition .npz, a D4RL .hdf5, AWAC .npy files, ...), with the paper's
-hyperparameters for the environment's domain (`iql_acme.envs.domain_of`).
+hyperparameters for the environment's domain (`iql_acme.envs.domain_of`),
+and on an embedded stand-in the overrides tuned on it, as the launcher
+(`run_setup.make_config`).
 `--offline_steps` is the config's offline phase length, which sets the
 actor's learning-rate schedule (cosine over it, then constant); `--steps` may
 exceed it. Every `--eval_every` updates, at the start and at the end, each
@@ -56,8 +58,8 @@ import numpy as np
 from iql_acme import envs
 from iql_acme import evaluation
 from iql_acme import networks as iql_networks
+from iql_acme import run_setup
 from iql_acme import training
-from iql_acme.config import config_for_domain
 from iql_acme.data import DatasetError, load_dataset
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cli
@@ -264,7 +266,7 @@ def main(argv=None):
     if getattr(args, flag) is not None:
       overrides[flag] = getattr(args, flag)
   try:
-    config = config_for_domain(domain, **overrides)
+    config = run_setup.make_config(args.env, dataset=args.dataset, **overrides)
   except ValueError as e:
     fail(f'--{e}')
   total_steps = args.steps or config.offline_steps

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 from absl import logging
 
 from iql_acme import envs
-from iql_acme.config import IQLConfig, config_for_domain
+from iql_acme.config import STANDIN_OVERRIDES, IQLConfig, config_for_domain
 from iql_acme.types import RewardTransform, Transitions
 
 # Generated stand-in datasets committed with the package (see the README).
@@ -59,7 +59,31 @@ def make_offline_dataset_fn(env_name: str, dataset: Optional[str],
                            envs.domain_of(env_name), obs_dim, act_dim)
 
 
-def make_config(env_name: str, **overrides) -> IQLConfig:
-  """The paper's preset for the environment's domain, with flag overrides."""
+def uses_embedded_standin(env_name: str, dataset: Optional[str]) -> bool:
+  """Whether `dataset` (None: the default) is the env's embedded stand-in."""
+  embedded = embedded_dataset_dir(env_name)
+  if not embedded:
+    return False
+  if not dataset:
+    return True
+  path = os.path.realpath(dataset)
+  return path == os.path.realpath(embedded) or (
+      os.path.dirname(path) == os.path.realpath(embedded))
+
+
+def make_config(env_name: str, dataset: Optional[str] = None,
+                **overrides) -> IQLConfig:
+  """The paper's preset for the env's domain, with flag overrides.
+
+  On the embedded stand-in (`dataset` None or its path) the overrides tuned
+  on it (`config.STANDIN_OVERRIDES`) apply too, below the flags.
+  """
   overrides = {k: v for k, v in overrides.items() if v is not None}
-  return config_for_domain(envs.domain_of(env_name), **overrides)
+  tuned = (STANDIN_OVERRIDES.get(env_name, {})
+           if uses_embedded_standin(env_name, dataset) else {})
+  for name, value in tuned.items():
+    if name not in overrides:
+      logging.info('embedded stand-in: %s=%g (tuned on these files; see '
+                   'config.STANDIN_OVERRIDES), the paper preset otherwise',
+                   name, value)
+  return config_for_domain(envs.domain_of(env_name), **{**tuned, **overrides})

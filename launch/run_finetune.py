@@ -207,7 +207,7 @@ def main(_):
       multi_machine.check_shared_path('workdir', workdir)
     _check_workdir(workdir)
     config = run_setup.make_config(
-        _ENV.value, offline_steps=_OFFLINE_STEPS.value,
+        _ENV.value, dataset=_DATASET.value, offline_steps=_OFFLINE_STEPS.value,
         online_steps=_ONLINE_STEPS.value, batch_size=_BATCH_SIZE.value,
         updates_per_env_step=_UPDATES_PER_ENV_STEP.value,
         online_fraction=_ONLINE_FRACTION.value,

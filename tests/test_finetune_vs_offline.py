@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from iql_acme import config as config_lib
 from iql_acme import evaluation
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
@@ -185,9 +186,16 @@ def test_both_arms_get_the_flags_iql_hyperparameters(tmp_path):
   assert '--online_actor_learning_rate=3e-05' in finetune
   # Unset, the launcher takes the preset: the value the control is given.
   assert not any(a.startswith('--expectile') for a in finetune)
+  other = fvo.parse_args(['--out', str(tmp_path), '--dataset', 'x.npz'])
+  control = fvo.control_command(other, fvo.run_config(other), 'D', 0, 'O')
+  assert '--online_actor_learning_rate' not in control  # None: not passed.
+  # On the embedded stand-in the launcher takes its tuned rate: so does
+  # the control, explicitly.
   default = fvo.parse_args(['--out', str(tmp_path)])
   control = fvo.control_command(default, fvo.run_config(default), 'D', 0, 'O')
-  assert '--online_actor_learning_rate' not in control  # None: not passed.
+  tuned = config_lib.STANDIN_OVERRIDES['pen-binary-v0']
+  assert flag('--online_actor_learning_rate') == str(
+      tuned['online_actor_learning_rate'])
 
 
 def test_out_of_range_hyperparameter_is_one_line_error(tmp_path, capsys):

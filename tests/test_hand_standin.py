@@ -1,5 +1,6 @@
 """Door/relocate stand-in: MPPI costs (hand_costs) and make_hand_demos.py."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -239,6 +240,29 @@ def test_door_without_a_dataset_points_at_make_door_data():
   assert run_setup.resolve_dataset_source('pen-binary-v0', None).endswith(
       os.path.join('assets', 'pen-binary-v0'))
   assert run_setup.resolve_dataset_source('door-binary-v0', 'x/y') == 'x/y'
+
+
+def test_the_embedded_pen_standin_brings_its_tuned_online_actor_rate(tmp_path):
+  from iql_acme import config as config_lib  # pylint: disable=g-import-not-at-top
+  from iql_acme import run_setup  # pylint: disable=g-import-not-at-top
+  tuned = config_lib.STANDIN_OVERRIDES['pen-binary-v0']
+  embedded = run_setup.embedded_dataset_dir('pen-binary-v0')
+  for dataset in (None, embedded, embedded + os.sep,
+                  os.path.join(embedded, 'pen2_sparse.npy')):
+    config = run_setup.make_config('pen-binary-v0', dataset=dataset)
+    assert (config.online_actor_learning_rate ==
+            tuned['online_actor_learning_rate'] != config.actor_learning_rate)
+  # Apart from the tuned values, the paper's dexterous-hand preset.
+  paper = config_lib.config_for_domain('hand_finetune')
+  assert run_setup.make_config('pen-binary-v0') == dataclasses.replace(
+      paper, **tuned)
+  # A flag wins; other data and the other hand tasks keep the paper's rate.
+  assert run_setup.make_config(
+      'pen-binary-v0', online_actor_learning_rate=3e-4
+  ).online_actor_learning_rate == 3e-4
+  assert run_setup.make_config(
+      'pen-binary-v0', dataset=str(tmp_path)) == paper
+  assert run_setup.make_config('door-binary-v0') == paper
 
 
 def test_the_committed_door_demonstrator_is_a_bc_format_policy():

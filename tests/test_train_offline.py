@@ -80,6 +80,8 @@ def test_train_offline_writes_logs_evaluations_and_curve(
   assert summary['config']['expectile'] == 0.6  # The flag's, not the preset's.
   assert summary['config']['actor_cosine_decay'] is False
   assert summary['config']['temperature'] == 3.0  # hand_finetune's.
+  # Not the embedded stand-in: none of its tuned values.
+  assert summary['config']['online_actor_learning_rate'] is None
   assert summary['final_eval']['learner_steps'] == STEPS
   _assert_png(os.path.join(out, 'learning_curve.png'))
 
@@ -195,6 +197,23 @@ def test_as_finetune_learner_trains_what_the_runs_learner_trains(
           != [r['critic_loss'] for r in logger.data])  # The key matters.
   with open(os.path.join(paired, 'summary.json')) as f:
     assert json.load(f)['as_finetune_learner'] == num_actors
+
+
+def test_on_the_embedded_standin_the_control_takes_the_launchers_config(
+    tmp_path):
+  """Same data, same config: the stand-in's tuned rate, as run_finetune."""
+  from iql_acme import run_setup  # pylint: disable=g-import-not-at-top
+  embedded = run_setup.embedded_dataset_dir('pen-binary-v0')
+  out = str(tmp_path / 'run')
+  train_offline.main(['--env', 'pen-binary-v0', '--dataset', embedded,
+                      '--out', out, '--steps', '20', '--eval_every', '20',
+                      '--eval_episodes', '1', '--batch_size', '32'])
+  with open(os.path.join(out, 'summary.json')) as f:
+    config = json.load(f)['config']
+  launcher = run_setup.make_config('pen-binary-v0', batch_size=32)
+  assert config['online_actor_learning_rate'] == (
+      launcher.online_actor_learning_rate) is not None
+  assert config['expectile'] == launcher.expectile
 
 
 @pytest.mark.parametrize('flags,message', [
