@@ -91,9 +91,9 @@ PRESETS = {
 # applies them only when a run trains on that embedded stand-in, since they
 # are findings about those files, not about the task. pen-binary-v0: at the
 # paper's actor rate (3e-4) fine-tuning fell below its offline end on an
-# earlier generation of this stand-in (-8.1 +- 2.9, 5 seeds); at 3e-5 it
-# gained +3.1 +- 1.9 over it and +4.3 +- 1.6 over a paired offline-only
-# control (5 seeds; README, "Pen v3 at the online actor rate 3e-5").
+# earlier generation of this stand-in (-8.1 +- 2.9, 3 seeds); at 3e-5 it
+# gained +4.7 +- 1.7 over it and +6.2 +- 1.9 over a paired offline-only
+# control (7 seeds; README, "Pen v3 at the online actor rate 3e-5").
 STANDIN_OVERRIDES = {
     'pen-binary-v0': dict(online_actor_learning_rate=3e-5),
 }
