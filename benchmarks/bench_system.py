@@ -437,7 +437,7 @@ def main():
       args.env, args.dataset, spec.observations.shape[0],
       spec.actions.shape[0])
   config = run_setup.make_config(
-      args.env, offline_steps=args.offline_steps,
+      args.env, dataset=args.dataset, offline_steps=args.offline_steps,
       online_steps=args.online_steps, batch_size=args.batch_size,
       rate_limit_tolerance_steps=args.rate_limit_tolerance_steps)
   load_start = load_average()

@@ -53,7 +53,7 @@ def make_learner_logger(workdir: str) -> loggers.Logger:
 def main(_):
   env_name = _ENV.value
   config = run_setup.make_config(
-      env_name, offline_steps=_OFFLINE_STEPS.value,
+      env_name, dataset=_DATASET.value, offline_steps=_OFFLINE_STEPS.value,
       online_steps=_ONLINE_STEPS.value, batch_size=_BATCH_SIZE.value)
   spec_env = envs.make_environment(env_name, 0)
   dataset_fn = run_setup.make_offline_dataset_fn(
