@@ -66,9 +66,8 @@ def uses_embedded_standin(env_name: str, dataset: Optional[str]) -> bool:
     return False
   if not dataset:
     return True
-  path = os.path.realpath(dataset)
-  return path == os.path.realpath(embedded) or (
-      os.path.dirname(path) == os.path.realpath(embedded))
+  path = os.path.realpath(dataset)  # The folder or a file in it.
+  return os.path.realpath(embedded) in (path, os.path.dirname(path))
 
 
 def make_config(env_name: str, dataset: Optional[str] = None,
